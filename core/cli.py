@@ -1,0 +1,163 @@
+"""The ``k3p`` command line: server, plugins, check-config, kubectl."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import k3p
+import structlog
+from k3p import config as cfg
+from k3p import log as logsetup
+from k3p.plugins import PluginError, PluginManager
+
+USAGE = """\
+usage: k3p COMMAND [options]
+
+commands:
+  server         Run the control plane (and, unless --disable-agent, a node)
+  plugins list   Show discovered plugins, their hooks and whether they are enabled
+  check-config   Check that this host can run k3p
+  kubectl        Run kubectl against this server (uses the admin kubeconfig)
+  version        Print the k3p version
+
+'k3p COMMAND --help' shows a command's options.
+"""
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"k3p: error: {message}", file=sys.stderr)
+    return code
+
+
+def load(command: str, argv: Sequence[str], inspect_disabled: bool = False,
+         extra_flags: argparse.ArgumentParser | None = None) -> tuple[cfg.Config, PluginManager, argparse.Namespace]:
+    """Resolve config and plugins for ``command``: file and drop-ins first (they may disable
+    plugins), then every enabled plugin's options, then the full parse of flags."""
+    path, explicit = cfg.config_file_location(argv)
+    layers = cfg.read_file_layers(cfg.config_files(path, explicit))
+    disabled, where = cfg.early_disable_list(argv, layers) if command == "server" else ([], {})
+    plugins = PluginManager(disabled, where, inspect_disabled=inspect_disabled)
+    schema = cfg.OptionSchema()
+    cfg.add_core_options(schema)
+    for name, plugin in plugins.plugins.items():
+        hook = getattr(plugin, "k3p_add_options", None)
+        if hook is not None:
+            schema.current_owner = name
+            try:
+                hook(schema=schema)
+            except ValueError as e:
+                raise PluginError(f"plugin {name}: {e}") from None
+    schema.current_owner = "core"
+    parser = cfg.build_parser(command, schema, f"k3p {command}", _DESCRIPTIONS[command])
+    if extra_flags is not None:
+        for action in extra_flags._actions:
+            if action.option_strings and "-h" not in action.option_strings:
+                parser._add_action(action)
+    namespace = parser.parse_args(list(argv))
+    extra = {a.dest for a in (extra_flags._actions if extra_flags else [])}
+    flags = {k: v for k, v in vars(namespace).items() if k not in extra}
+    config = cfg.resolve(command, schema, flags, layers)
+    for warning in config.warnings:
+        print(f"k3p: warning: {warning}", file=sys.stderr)
+    return config, plugins, namespace
+
+
+_DESCRIPTIONS = {
+    "server": "Run the k3p control plane: API server, datastore, controllers and the bundled plugins.",
+    "agent": "Run a k3p node that joins a server.",
+}
+
+
+def cmd_server(argv: Sequence[str]) -> int:
+    config, plugins, _ = load("server", argv)
+    plugins.check_runnable()
+    logsetup.configure(debug=config.get("debug"))
+    from k3p.server import run_server  # imported late: `k3p --help` stays fast
+
+    try:
+        import uvloop
+
+        return uvloop.run(run_server(config, plugins))
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(run_server(config, plugins))
+
+
+def cmd_plugins(argv: Sequence[str]) -> int:
+    if not argv or argv[0] != "list":
+        return fail("usage: k3p plugins list [-o table|json] [--disable NAME] [--config FILE]")
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("-o", "--output", choices=("table", "json"), default=None,
+                       help="Output format (default: table on a terminal, json otherwise)")
+    _, plugins, ns = load("server", argv[1:], inspect_disabled=True, extra_flags=extra)
+    output = ns.output or ("table" if sys.stdout.isatty() else "json")
+    print(plugins.as_table() if output == "table" else plugins.as_json())
+    return 0
+
+
+def cmd_check_config(argv: Sequence[str]) -> int:
+    config, plugins, _ = load("server", argv)
+    from k3p.server import preflight
+
+    report = preflight(config, plugins)
+    print(report.render())
+    return 1 if report.failed else 0
+
+
+def cmd_kubectl(argv: Sequence[str]) -> int:
+    env = dict(os.environ)
+    if "KUBECONFIG" not in env:
+        default = "/etc/rancher/k3p/k3p.yaml"
+        if os.path.exists(default):
+            env["KUBECONFIG"] = default
+    try:
+        os.execvpe("kubectl", ["kubectl", *argv], env)
+    except FileNotFoundError:
+        return fail("kubectl is not installed (not found on PATH)", 1)
+    return 0  # pragma: no cover - exec does not return
+
+
+COMMANDS = {
+    "server": cmd_server,
+    "plugins": cmd_plugins,
+    "check-config": cmd_check_config,
+    "kubectl": cmd_kubectl,
+}
+
+
+def _exit_quietly(signum: int, _frame: object) -> None:
+    # SIGTERM before the event loop runs: nothing has started yet, so stopping is clean.
+    raise SystemExit(0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    if argv[0] in ("version", "--version", "-v"):
+        print(f"k3p version v{k3p.__version__} (Kubernetes v1.32)")
+        return 0
+    command, rest = argv[0], argv[1:]
+    handler = COMMANDS.get(command)
+    if handler is None:
+        return fail(f"unknown command {command!r} (commands: {', '.join(COMMANDS)})")
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    logsetup.configure()
+    try:
+        return handler(rest)
+    except (cfg.ConfigError, PluginError) as e:
+        return fail(str(e))
+    except KeyboardInterrupt:
+        return 0
+    except Exception as e:
+        structlog.get_logger(__name__).debug("fatal error", exc_info=True)
+        return fail(f"{type(e).__name__}: {e}", 1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

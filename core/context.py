@@ -1,0 +1,34 @@
+"""What a running k3p command hands to its components and plugins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from k3p.config import Config
+    from k3p.pki import ServerPKI
+    from k3p.plugins import PluginManager
+    from k3p.storage import Datastore
+    from k3p.supervisor import Supervisor
+
+
+@dataclass
+class RunContext:
+    """The resolved config, the plugins and the shared parts of one ``k3p server`` run.
+
+    ``supervisor`` is set once the components are known; ``datastore`` is only for the API
+    server: every other component talks to the cluster through the Kubernetes API.
+    """
+
+    config: Config
+    plugins: PluginManager
+    data_dir: Path
+    pki: ServerPKI | None = None
+    token: str = ""
+    datastore: Datastore | None = None
+    supervisor: Supervisor | None = None
+    #: the API server's URL as components in this process reach it
+    api_url: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)

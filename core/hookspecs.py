@@ -1,0 +1,95 @@
+"""Every extension point of k3p, grouped by the phase in which k3p calls it.
+
+A plugin is a module (or object) that defines some of these functions, each decorated
+with ``k3p.hookimpl``, and is announced in the ``k3p.plugins`` entry-point group::
+
+    # pyproject.toml of your distribution
+    [project.entry-points."k3p.plugins"]
+    hello = "k3p_hello"
+
+    # k3p_hello.py
+    from k3p import hookimpl
+
+    @hookimpl
+    def k3p_server_components(ctx):
+        return [MyController(ctx)]
+
+A plugin may declare the names of plugins it cannot work without in a module attribute
+``K3P_REQUIRES = ("containerd",)``; disabling one of those while the plugin is enabled is a
+startup error. A hook implementation may take any subset of the arguments of its spec, by
+name. Implementing a function marked ``@hookimpl`` that is not listed here, or with an
+argument the spec does not have, makes k3p reject the plugin at load with a message that
+names the plugin and the hook.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from k3p.checks import CheckReport
+    from k3p.config import Config, OptionSchema
+    from k3p.context import RunContext
+    from k3p.storage import Datastore
+    from k3p.supervisor import Component
+
+hookspec = pluggy.HookspecMarker("k3p")
+hookimpl = pluggy.HookimplMarker("k3p")
+
+
+# --- Phase 1: configuration --------------------------------------------------------------
+
+
+@hookspec
+def k3p_add_options(schema: OptionSchema) -> None:
+    """Add the plugin's own flags and config keys.
+
+    Call ``schema.add(name, type=..., default=..., help=...)`` for each option. The option
+    becomes ``--name`` on the command line, ``name:`` in config.yaml and
+    ``K3P_NAME`` (upper case, dashes as underscores) in the environment, and shows up in
+    ``k3p server --help`` under the plugin's name. Prefix names with your plugin's name
+    (``--flannel-backend``) to stay clear of core and other plugins. Commands: pass
+    ``commands=("server", "agent")`` to choose which commands accept it (default: both).
+    """
+
+
+@hookspec
+def k3p_check_config(config: Config, report: CheckReport) -> None:
+    """Preflight checks for ``k3p check-config`` and for server/agent start.
+
+    Inspect the host (binaries, kernel features, ports, permissions) and record findings
+    with ``report.ok(name, detail)``, ``report.warn(name, detail)`` or
+    ``report.fail(name, detail)``. A failure stops ``k3p server`` before anything starts.
+    """
+
+
+# --- Phase 2: storage --------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def k3p_datastore(endpoint: str, config: Config) -> Datastore | None:
+    """Return a Datastore for ``endpoint`` if this plugin handles it, else None.
+
+    ``endpoint`` is the value of ``--datastore-endpoint`` ("" when not set: the default
+    store). The first plugin that returns an object wins, so only claim the URL schemes you
+    serve (``sqlite://``, ``postgres://``, ``https://`` etcd ...). The object must follow
+    ``k3p.storage.Datastore``; k3p calls ``start()`` before use and ``close()`` on
+    shutdown. Check it with the conformance suite in ``k3p.testing.datastore``.
+    """
+
+
+# --- Phase 3: components -----------------------------------------------------------------
+
+
+@hookspec
+def k3p_server_components(ctx: RunContext) -> list[Component] | None:
+    """Long-running parts that ``k3p server`` runs: controllers, proxies, scrapers.
+
+    Return a list of ``k3p.supervisor.Component`` objects (``TaskComponent`` for asyncio
+    work, ``ProcessComponent`` for a child process). The supervisor starts them in the
+    order their ``requires`` give, restarts one that crashes (with back-off) and stops them
+    in reverse order on shutdown. ``ctx`` holds the resolved config, the data dir, the PKI
+    material and, once the API server is up, a way to get an API client.
+    """

@@ -1,0 +1,150 @@
+"""``k3p server``: PKI, datastore, API server and every plugin's components under one supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from pathlib import Path
+
+import structlog
+from fastapi import FastAPI
+from k3p import pki as pki_mod
+from k3p.apiserver.health import health_router
+from k3p.apiserver.listener import serve_https
+from k3p.checks import CheckReport, core_checks
+from k3p.config import Config, ConfigError
+from k3p.context import RunContext
+from k3p.plugins import PluginManager
+from k3p.storage import Datastore
+from k3p.supervisor import Component, Ready, Supervisor, TaskComponent
+
+log = structlog.get_logger(__name__)
+
+
+def preflight(config: Config, plugins: PluginManager) -> CheckReport:
+    report = CheckReport()
+    core_checks(config, report)
+    plugins.hook.k3p_check_config(config=config, report=report)
+    return report
+
+
+def select_datastore(config: Config, plugins: PluginManager) -> Datastore:
+    endpoint = config.get("datastore_endpoint") or ""
+    store = plugins.hook.k3p_datastore(endpoint=endpoint, config=config)
+    if store is None:
+        shown = endpoint or "(default)"
+        raise ConfigError(
+            f"no enabled plugin serves datastore endpoint {shown} (enabled: {', '.join(plugins.enabled())})"
+        )
+    return store
+
+
+def _kubeconfig_mode(config: Config) -> int:
+    raw = config.get("write_kubeconfig_mode") or "0600"
+    try:
+        mode = int(raw, 8)
+    except ValueError:
+        raise ConfigError(f"invalid value for write-kubeconfig-mode: {raw!r} is not an octal mode") from None
+    if not 0 <= mode <= 0o777:
+        raise ConfigError(f"invalid value for write-kubeconfig-mode: {raw!r} is not a file mode")
+    return mode
+
+
+def prepare(config: Config, plugins: PluginManager) -> RunContext:
+    """Everything that must hold before components start: checks, PKI, token, kubeconfig."""
+    mode = _kubeconfig_mode(config)
+    report = preflight(config, plugins)
+    if report.failed:
+        first = report.failed[0]
+        raise ConfigError(f"preflight check {first.name} failed: {first.detail}")
+    data_dir = config.data_path
+    port = config.get("https_listen_port")
+    node_ips = [config.get("advertise_address")] if config.get("advertise_address") else []
+    try:
+        node_ips += pki_mod.host_addresses()
+    except OSError as e:  # no netlink in some sandboxes: the loopback name still works
+        log.warning("cannot list host addresses for the serving certificate", error=str(e))
+    (data_dir / "server").mkdir(parents=True, exist_ok=True)
+    pki = pki_mod.ensure_server_pki(
+        data_dir,
+        tls_sans=config.get("tls_san"),
+        node_ips=node_ips,
+        hostname=config.get("node_name") or socket.gethostname(),
+    )
+    try:
+        token = pki_mod.ensure_token(data_dir, pki, config.get("token"))
+    except ValueError as e:
+        raise ConfigError(f"invalid --token: {e}") from None
+    url = f"https://127.0.0.1:{port}"
+    kubeconfig = Path(config.get("write_kubeconfig"))
+    pki_mod.write_admin_kubeconfig(pki, kubeconfig, url, mode)
+    # K3s keeps a copy in the data dir too, for tools that run beside the server.
+    pki_mod.write_admin_kubeconfig(pki, data_dir / "server" / "cred" / "admin.kubeconfig", url)
+    log.info("kubeconfig written", path=str(kubeconfig))
+    return RunContext(config=config, plugins=plugins, data_dir=data_dir, pki=pki, token=token, api_url=url)
+
+
+def datastore_component(store: Datastore) -> Component:
+    async def run(ready: Ready) -> None:
+        await store.start()
+        try:
+            ready()
+            await asyncio.Event().wait()
+        finally:
+            await store.close()
+
+    # A datastore that cannot start (corrupt file, unreachable database) stops k3p with
+    # the reason rather than retrying forever behind a server that looks alive.
+    return TaskComponent("datastore", run, restart=False)
+
+
+def apiserver_component(ctx: RunContext) -> Component:
+    assert ctx.pki is not None
+    pki = ctx.pki
+
+    def readiness() -> dict[str, bool]:
+        return ctx.supervisor.status() if ctx.supervisor else {}
+
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(health_router(readiness, pki.server_ca.cert_path))
+
+    async def run(ready: Ready) -> None:
+        await serve_https(
+            app,
+            host=ctx.config.get("bind_address"),
+            port=ctx.config.get("https_listen_port"),
+            certfile=pki.serving_cert,
+            keyfile=pki.serving_key,
+            client_ca=pki.client_ca.cert_path,
+            ready=ready,
+        )
+
+    return TaskComponent("apiserver", run, requires=["datastore"])
+
+
+def components(ctx: RunContext, store: Datastore) -> list[Component]:
+    found: list[Component] = [datastore_component(store), apiserver_component(ctx)]
+    for batch in ctx.plugins.hook.k3p_server_components(ctx=ctx):
+        found.extend(batch or ())
+    return found
+
+
+async def run_server(config: Config, plugins: PluginManager) -> int:
+    """Run until SIGTERM/SIGINT; 0 on a clean stop."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ctx = prepare(config, plugins)
+    if stop.is_set():
+        return 0
+    store = select_datastore(config, plugins)
+    ctx.datastore = store
+    supervisor = Supervisor(components(ctx, store))
+    ctx.supervisor = supervisor
+    log.info("k3p server starting", data_dir=str(ctx.data_dir), port=config.get("https_listen_port"),
+             plugins=",".join(plugins.enabled()))
+    await supervisor.run(stop)
+    log.info("k3p server stopped")
+    return 0

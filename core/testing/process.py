@@ -1,0 +1,177 @@
+"""Running a real ``k3p server`` as a child process on free ports, for tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from k3p.testing.waiting import wait_for
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the kernel picks it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, grandchildren, ...), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: the fields after the last ')' are safe.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class K3pServer:
+    """A ``k3p server`` subprocess with its own data dir, config file and free port.
+
+    Nothing is read from or written to the host's /etc/rancher or /var/lib/rancher: the
+    config file, data dir and kubeconfig all live under ``workdir``.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        args: Sequence[str] = (),
+        config: str = "",
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.workdir / "data"
+        self.kubeconfig = self.workdir / "kubeconfig.yaml"
+        self.config_file = self.workdir / "config.yaml"
+        if not self.config_file.exists() or config:
+            self.config_file.write_text(config)
+        self.port = port or free_port()
+        self.args = list(args)
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.workdir / "k3p.log"
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.data_dir / "server" / "tls" / "server-ca.crt"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "k3p.cli", "server",
+            "--config", str(self.config_file),
+            "--data-dir", str(self.data_dir),
+            "--https-listen-port", str(self.port),
+            "--bind-address", "127.0.0.1",
+            "--write-kubeconfig", str(self.kubeconfig),
+            *self.args,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("K3P_")}
+        env.update(self.env or {})
+        return env
+
+    def start(self, wait: bool = True, timeout: float = 60.0) -> K3pServer:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.environment()
+        )
+        log.close()
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Verifies the server with the cluster CA and presents the admin client certificate."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        tls = self.data_dir / "server" / "tls"
+        ctx.load_cert_chain(str(tls / "client-admin.crt"), str(tls / "client-admin.key"))
+        return ctx
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        """GET ``path`` over HTTPS with the admin credentials; (status, body)."""
+        try:
+            with urllib.request.urlopen(self.url + path, context=self.ssl_context(), timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"k3p server exited with {self.proc.returncode}:\n{self.logs()[-4000:]}")
+            return self.ca_file.exists() and self.get("/readyz")[0] == 200
+
+        try:
+            wait_for(ready, timeout, 0.1, "k3p server /readyz")
+        except TimeoutError as e:
+            if isinstance(e.__cause__, RuntimeError):
+                raise e.__cause__ from None
+            raise TimeoutError(f"{e}\n--- k3p log ---\n{self.logs()[-4000:]}") from None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; also kills any descendant left behind."""
+        if self.proc is None:
+            return None
+        kids = descendants(self.proc.pid)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pid in kids:
+            if pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        return self.proc.returncode
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.proc.returncode is None:
+            raise TimeoutError(f"k3p server did not exit within {timeout}s")
+        return self.proc.returncode
