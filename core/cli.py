@@ -129,11 +129,6 @@ COMMANDS = {
 }
 
 
-def _exit_quietly(signum: int, _frame: object) -> None:
-    # SIGTERM before the event loop runs: nothing has started yet, so stopping is clean.
-    raise SystemExit(0)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -146,7 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = COMMANDS.get(command)
     if handler is None:
         return fail(f"unknown command {command!r} (commands: {', '.join(COMMANDS)})")
-    signal.signal(signal.SIGTERM, _exit_quietly)
+    from k3p.__main__ import _stop_before_start
+
+    # Until the event loop takes over SIGTERM, it means: stop cleanly, nothing runs yet.
+    signal.signal(signal.SIGTERM, _stop_before_start)
     logsetup.configure()
     try:
         return handler(rest)

@@ -51,7 +51,17 @@ def _kubeconfig_mode(config: Config) -> int:
     return mode
 
 
-def prepare(config: Config, plugins: PluginManager) -> RunContext:
+def node_addresses(config: Config) -> list[str]:
+    """The addresses the serving certificate must name besides loopback."""
+    found = [config.get("advertise_address")] if config.get("advertise_address") else []
+    try:
+        found += pki_mod.host_addresses()
+    except OSError as e:  # no netlink in some sandboxes: the loopback name still works
+        log.warning("cannot list host addresses for the serving certificate", error=str(e))
+    return found
+
+
+def prepare(config: Config, plugins: PluginManager, node_ips: list[str]) -> RunContext:
     """Everything that must hold before components start: checks, PKI, token, kubeconfig."""
     mode = _kubeconfig_mode(config)
     report = preflight(config, plugins)
@@ -60,11 +70,6 @@ def prepare(config: Config, plugins: PluginManager) -> RunContext:
         raise ConfigError(f"preflight check {first.name} failed: {first.detail}")
     data_dir = config.data_path
     port = config.get("https_listen_port")
-    node_ips = [config.get("advertise_address")] if config.get("advertise_address") else []
-    try:
-        node_ips += pki_mod.host_addresses()
-    except OSError as e:  # no netlink in some sandboxes: the loopback name still works
-        log.warning("cannot list host addresses for the serving certificate", error=str(e))
     (data_dir / "server").mkdir(parents=True, exist_ok=True)
     pki = pki_mod.ensure_server_pki(
         data_dir,
@@ -136,7 +141,9 @@ async def run_server(config: Config, plugins: PluginManager) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    ctx = prepare(config, plugins)
+    # pyroute2's synchronous API runs its own loop: keep it off this one.
+    node_ips = await asyncio.to_thread(node_addresses, config)
+    ctx = prepare(config, plugins, node_ips)
     if stop.is_set():
         return 0
     store = select_datastore(config, plugins)

@@ -94,7 +94,7 @@ class K3pServer:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "k3p.cli", "server",
+            sys.executable, "-m", "k3p", "server",
             "--config", str(self.config_file),
             "--data-dir", str(self.data_dir),
             "--https-listen-port", str(self.port),
