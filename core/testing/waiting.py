@@ -32,7 +32,7 @@ def wait_for(condition: Callable[[], T], timeout: float = 30.0, interval: float 
 
 async def async_wait_for(
     condition: Callable[[], Awaitable[T]],
-    timeout: float = 30.0,  # noqa: ASYNC109 - a deadline for a poll loop, not for one call
+    timeout: float = 30.0,
     interval: float = 0.1, what: str = ""
 ) -> T:
     """The asyncio form of :func:`wait_for`, for an async ``condition``."""
