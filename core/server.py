@@ -10,6 +10,8 @@ from pathlib import Path
 import structlog
 from fastapi import FastAPI
 from k3p import pki as pki_mod
+from k3p.apiserver.app import APIServer
+from k3p.apiserver.auth import Authenticator, CertHttpToolsProtocol, ServiceAccountTokens
 from k3p.apiserver.health import health_router
 from k3p.apiserver.listener import serve_https
 from k3p.checks import CheckReport, core_checks
@@ -104,32 +106,41 @@ def datastore_component(store: Datastore) -> Component:
     return TaskComponent("datastore", run, restart=False)
 
 
-def apiserver_component(ctx: RunContext) -> Component:
+def apiserver_component(ctx: RunContext, store: Datastore) -> Component:
     assert ctx.pki is not None
     pki = ctx.pki
 
     def readiness() -> dict[str, bool]:
         return ctx.supervisor.status() if ctx.supervisor else {}
 
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    app.include_router(health_router(readiness, pki.server_ca.cert_path))
-
     async def run(ready: Ready) -> None:
-        await serve_https(
-            app,
-            host=ctx.config.get("bind_address"),
-            port=ctx.config.get("https_listen_port"),
-            certfile=pki.serving_cert,
-            keyfile=pki.serving_key,
-            client_ca=pki.client_ca.cert_path,
-            ready=ready,
-        )
+        authn = Authenticator(ServiceAccountTokens(pki.service_account_key))
+        api = APIServer(store, authn, service_cidr=ctx.config.get("service_cidr"),
+                        node_port_range=ctx.config.get("service_node_port_range"))
+        ctx.extra["apiserver"] = api
+        await api.start()
+        app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+        app.include_router(health_router(readiness, pki.server_ca.cert_path))
+        api.mount(app)
+        try:
+            await serve_https(
+                app,
+                host=ctx.config.get("bind_address"),
+                port=ctx.config.get("https_listen_port"),
+                certfile=pki.serving_cert,
+                keyfile=pki.serving_key,
+                client_ca=pki.client_ca.cert_path,
+                ready=ready,
+                http=CertHttpToolsProtocol,
+            )
+        finally:
+            await api.close()
 
     return TaskComponent("apiserver", run, requires=["datastore"])
 
 
 def components(ctx: RunContext, store: Datastore) -> list[Component]:
-    found: list[Component] = [datastore_component(store), apiserver_component(ctx)]
+    found: list[Component] = [datastore_component(store), apiserver_component(ctx, store)]
     for batch in ctx.plugins.hook.k3p_server_components(ctx=ctx):
         found.extend(batch or ())
     return found

@@ -30,6 +30,7 @@ async def serve_https(
     keyfile: Path,
     client_ca: Path | None,
     ready: Ready,
+    http: Any = "auto",
 ) -> None:
     """Serve ``app`` until cancelled; ``ready()`` once the socket accepts connections.
 
@@ -50,6 +51,7 @@ async def serve_https(
         server_header=False,
         timeout_keep_alive=90,
         loop="none",
+        http=http,
     )
     server = _EmbeddedServer(config)
     task = None

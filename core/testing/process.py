@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from k3p.testing.waiting import wait_for
 
@@ -145,6 +146,22 @@ class K3pServer:
             if isinstance(e.__cause__, RuntimeError):
                 raise e.__cause__ from None
             raise TimeoutError(f"{e}\n--- k3p log ---\n{self.logs()[-4000:]}") from None
+
+    def kubectl(self, *args: str, input: str | None = None, timeout: float = 60,
+                check: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run the real kubectl against this server (its own discovery cache, never ~/.kube)."""
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "KUBECACHEDIR": str(self.workdir / "kube-cache")}
+        result = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, env=env,
+                                timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    def api_client(self) -> Any:
+        """An official ``kubernetes`` Python client configured from the written kubeconfig."""
+        from kubernetes import config as kube_config  # the client is a test dependency only
+
+        return kube_config.new_client_from_config(str(self.kubeconfig))
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
