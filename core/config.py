@@ -152,6 +152,8 @@ def add_core_options(schema: OptionSchema) -> None:
         help="Cluster domain")
     add("datastore-endpoint", default="", env="K3P_DATASTORE_ENDPOINT", commands=server, metavar="URL",
         help="Datastore to use: sqlite://PATH (default: sqlite in the data dir), or what a plugin serves")
+    add("watch-cache-size", type=int, default=1000, commands=server, metavar="N",
+        help="Recent changes kept per resource type for watch replay; older resourceVersions get 410 Expired")
     add("disable-agent", type=bool, default=False, commands=server,
         help="Run only the control plane on this machine, no workloads")
 

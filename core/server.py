@@ -116,7 +116,8 @@ def apiserver_component(ctx: RunContext, store: Datastore) -> Component:
     async def run(ready: Ready) -> None:
         authn = Authenticator(ServiceAccountTokens(pki.service_account_key))
         api = APIServer(store, authn, service_cidr=ctx.config.get("service_cidr"),
-                        node_port_range=ctx.config.get("service_node_port_range"))
+                        node_port_range=ctx.config.get("service_node_port_range"),
+                        watch_cache_size=ctx.config.get("watch_cache_size"))
         ctx.extra["apiserver"] = api
         await api.start()
         app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)

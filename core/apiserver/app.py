@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -95,11 +96,12 @@ class APIServer:
         *,
         service_cidr: str = "10.43.0.0/16",
         node_port_range: str = "30000-32767",
+        watch_cache_size: int = 1000,
         admission: list[Callable[..., Any]] | None = None,
     ) -> None:
         self.datastore = datastore
         self.registry: Registry = builtin_registry()
-        self.cache = WatchCache(datastore)
+        self.cache = WatchCache(datastore, watch_cache_size)
         self.authn = authenticator
         self.authz = RBACAuthorizer(CacheRBACSource(self.cache, self.registry))
         self.discovery = discovery.DiscoveryCache(self.registry)
@@ -435,6 +437,8 @@ class APIServer:
         if sub in ("log", "exec", "attach", "portforward", "proxy", "ephemeralcontainers"):
             raise APIError(503, f"pods/{sub} needs the pod's node agent, which this cluster does not run yet",
                            "ServiceUnavailable")
+        if sub == "token":
+            return await self._token_request(request, rt, attrs, raw)
         if sub == "binding" or (rt.resource == "bindings" and verb == "create"):
             return await self._bind(request, rt, attrs, query, raw)
         if verb == "get":
@@ -558,6 +562,37 @@ class APIServer:
                 continue
             return bodies.json_response(bodies.success_status(), 201)
         raise APIError(409, "binding kept conflicting; try again", "Conflict")
+
+    async def _token_request(self, request: Request, rt: ResourceType, attrs: RequestAttributes,
+                             raw: bytes) -> Response:
+        """TokenRequest: a signed, expiring token for a service account (``serviceaccounts/token``)."""
+        if attrs.verb != "create":
+            raise method_not_allowed()
+        body = bodies.decode(raw, bodies.media_type(request)) if raw.strip() else {}
+        if not isinstance(body, dict):
+            raise bad_request("the body must be a TokenRequest")
+        sa = await self.handlers._current(rt, attrs.namespace, attrs.name)
+        spec = body.get("spec") or {}
+        seconds = spec.get("expirationSeconds") or 3600
+        if not isinstance(seconds, int) or seconds < 600:
+            raise invalid("authentication.k8s.io", "TokenRequest", attrs.name, [{
+                "reason": "FieldValueInvalid", "field": "spec.expirationSeconds",
+                "message": f"Invalid value: {seconds}: may not specify a duration less than 10 minutes"}])
+        if self.authn.sa_tokens is None:
+            raise APIError(503, "service account token signing is not configured", "ServiceUnavailable")
+        token, expires = self.authn.sa_tokens.issue(
+            attrs.namespace, attrs.name, sa.obj["metadata"]["uid"], spec.get("audiences") or None, seconds)
+        out = {
+            "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": attrs.name, "namespace": attrs.namespace,
+                         "creationTimestamp": strategy.now()},
+            "spec": {"audiences": spec.get("audiences") or ["https://kubernetes.default.svc.cluster.local"],
+                     "expirationSeconds": seconds, "boundObjectRef": spec.get("boundObjectRef")},
+            "status": {"token": token,
+                       "expirationTimestamp": dt.datetime.fromtimestamp(expires, dt.UTC).strftime(
+                           "%Y-%m-%dT%H:%M:%SZ")},
+        }
+        return bodies.json_response(out, 201)
 
     def _review(self, rt: ResourceType, attrs: RequestAttributes, body: Any) -> Response:
         if not isinstance(body, dict):

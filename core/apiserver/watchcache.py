@@ -23,8 +23,8 @@ from k3p.storage import CompactedError, Datastore, Event, EventType
 log = structlog.get_logger(__name__)
 
 ROOT = "/registry/"
-#: events kept per bucket for watch replay; older resourceVersions get 410 Expired
-WINDOW = 5000
+#: events kept per bucket for watch replay by default; older resourceVersions get 410 Expired
+WINDOW = 1000
 #: events a watcher may fall behind by before it is closed (its client watches again)
 WATCHER_QUEUE = 20000
 
@@ -151,12 +151,16 @@ class Bucket:
 
     prefix: str
     objects: dict[str, CachedObject] = field(default_factory=dict)
-    events: collections.deque[WatchEvent] = field(default_factory=lambda: collections.deque(maxlen=WINDOW))
+    window: int = WINDOW
+    events: collections.deque[WatchEvent] = field(init=False)
     #: every event after this revision is in ``events``
     window_start: int = 0
     watchers: set[Watcher] = field(default_factory=set)
     #: bumped by every change: a cheap version for caches derived from the bucket
     changes: int = 0
+
+    def __post_init__(self) -> None:
+        self.events = collections.deque(maxlen=self.window)
 
     def apply(self, event: WatchEvent) -> None:
         self.changes += 1
@@ -174,8 +178,9 @@ class Bucket:
 class WatchCache:
     """All objects under /registry/, kept current from one datastore watch."""
 
-    def __init__(self, datastore: Datastore) -> None:
+    def __init__(self, datastore: Datastore, window: int = WINDOW) -> None:
         self.datastore = datastore
+        self.window = window
         self.revision = 0
         self._buckets: dict[str, Bucket] = {}
         #: prefixes of known resource types (the other buckets are guesses for unknown keys)
@@ -260,7 +265,7 @@ class WatchCache:
         if bucket is not None:
             self._registered.add(prefix)
             return bucket
-        bucket = Bucket(prefix, window_start=self.revision)
+        bucket = Bucket(prefix, window_start=self.revision, window=self.window)
         # Keys seen before their type was known were grouped by a guess one level too deep
         # (<prefix><namespace>/): fold those guesses into the real bucket.
         for other in [b for b in self._buckets.values()
@@ -279,7 +284,7 @@ class WatchCache:
             head2 = head[: head.rfind("/", 0, len(head) - 1) + 1]
             bucket = self._buckets.get(head2)
             if bucket is None:
-                bucket = self._buckets[head] = Bucket(head, window_start=self.revision)
+                bucket = self._buckets[head] = Bucket(head, window_start=self.revision, window=self.window)
         return bucket
 
     def bucket(self, prefix: str) -> Bucket:
