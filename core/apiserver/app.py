@@ -350,9 +350,12 @@ class APIServer:
                 data, digest = self.openapi.document_by_path(path[len("/openapi/v3/"):])
             except KeyError:
                 raise APIError(404, "the server could not find the requested resource", "NotFound") from None
+            wanted = request.query_params.get("hash")
+            if wanted and wanted != digest:
+                # A client holding an old index gets sent to the current document, as kube does.
+                return Response(status_code=301, headers={"Location": f"{path}?hash={digest}"})
             etag = f'"{digest}"'
-            headers = {"ETag": etag, "Cache-Control": "public, immutable" if request.query_params.get("hash")
-                       else "no-cache, private"}
+            headers = {"ETag": etag, "Cache-Control": "public, immutable" if wanted else "no-cache, private"}
             if request.headers.get("if-none-match") == etag:
                 return Response(status_code=304, headers=headers)
             return Response(data, media_type="application/json", headers=headers)
