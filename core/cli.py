@@ -22,6 +22,7 @@ commands:
   server         Run the control plane (and, unless --disable-agent, a node)
   plugins list   Show discovered plugins, their hooks and whether they are enabled
   check-config   Check that this host can run k3p
+  datastore      datastore backup FILE: copy the datastore while the server runs
   kubectl        Run kubectl against this server (uses the admin kubeconfig)
   version        Print the k3p version
 
@@ -35,7 +36,8 @@ def fail(message: str, code: int = 2) -> int:
 
 
 def load(command: str, argv: Sequence[str], inspect_disabled: bool = False,
-         extra_flags: argparse.ArgumentParser | None = None) -> tuple[cfg.Config, PluginManager, argparse.Namespace]:
+         extra_flags: argparse.ArgumentParser | None = None,
+         prog: str | None = None) -> tuple[cfg.Config, PluginManager, argparse.Namespace]:
     """Resolve config and plugins for ``command``: file and drop-ins first (they may disable
     plugins), then every enabled plugin's options, then the full parse of flags."""
     path, explicit = cfg.config_file_location(argv)
@@ -53,10 +55,10 @@ def load(command: str, argv: Sequence[str], inspect_disabled: bool = False,
             except ValueError as e:
                 raise PluginError(f"plugin {name}: {e}") from None
     schema.current_owner = "core"
-    parser = cfg.build_parser(command, schema, f"k3p {command}", _DESCRIPTIONS[command])
+    parser = cfg.build_parser(command, schema, prog or f"k3p {command}", _DESCRIPTIONS[command])
     if extra_flags is not None:
         for action in extra_flags._actions:
-            if action.option_strings and "-h" not in action.option_strings:
+            if "-h" not in action.option_strings:
                 parser._add_action(action)
     namespace = parser.parse_args(list(argv))
     extra = {a.dest for a in (extra_flags._actions if extra_flags else [])}
@@ -93,14 +95,35 @@ def cmd_plugins(argv: Sequence[str]) -> int:
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("-o", "--output", choices=("table", "json"), default=None,
                        help="Output format (default: table on a terminal, json otherwise)")
-    _, plugins, ns = load("server", argv[1:], inspect_disabled=True, extra_flags=extra)
+    _, plugins, ns = load("server", argv[1:], inspect_disabled=True, extra_flags=extra, prog="k3p plugins list")
     output = ns.output or ("table" if sys.stdout.isatty() else "json")
     print(plugins.as_table() if output == "table" else plugins.as_json())
     return 0
 
 
+def cmd_datastore(argv: Sequence[str]) -> int:
+    """``k3p datastore backup FILE``: an online, consistent copy of the datastore."""
+    if not argv or argv[0] != "backup":
+        return fail("usage: k3p datastore backup FILE [--data-dir DIR] [--datastore-endpoint URL]")
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("file", metavar="FILE", help="Where to write the backup")
+    config, plugins, ns = load("server", argv[1:], extra_flags=extra, prog="k3p datastore backup")
+    from k3p.server import select_datastore
+
+    store = select_datastore(config, plugins)
+    backup = getattr(store, "backup", None)
+    if backup is None:
+        return fail(f"the datastore {config.get('datastore_endpoint') or '(default)'} cannot make backups", 1)
+    try:
+        asyncio.run(backup(ns.file))
+    except FileNotFoundError as e:
+        return fail(f"no datastore to back up: {e}", 1)
+    print(f"backup written to {ns.file}")
+    return 0
+
+
 def cmd_check_config(argv: Sequence[str]) -> int:
-    config, plugins, _ = load("server", argv)
+    config, plugins, _ = load("server", argv, prog="k3p check-config")
     from k3p.server import preflight
 
     report = preflight(config, plugins)
@@ -125,6 +148,7 @@ COMMANDS = {
     "server": cmd_server,
     "plugins": cmd_plugins,
     "check-config": cmd_check_config,
+    "datastore": cmd_datastore,
     "kubectl": cmd_kubectl,
 }
 
