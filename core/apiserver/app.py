@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI
-from k3p.apiserver import bodies, bootstrap_policy, crd, discovery, strategy, tables
+from k3p.apiserver import bodies, bootstrap_policy, crd, discovery, protobuf, strategy, tables
 from k3p.apiserver.allocators import ServiceAllocator
 from k3p.apiserver.auth import ANONYMOUS, Authenticator
 from k3p.apiserver.errors import APIError, bad_request, invalid, method_not_allowed
@@ -117,6 +117,8 @@ class APIServer:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # Loading the protobuf descriptors takes a few hundred ms: not on the first request.
+        await asyncio.to_thread(protobuf.available)
         for rt in self.registry:
             self.cache.register(rt.key_prefix(None))
         await self.cache.start()

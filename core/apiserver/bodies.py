@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import yaml
+from k3p.apiserver import protobuf
 from k3p.apiserver.errors import APIError, bad_request
 from starlette.requests import Request
 from starlette.responses import Response
@@ -71,6 +72,14 @@ def decode(body: bytes, content_type: str, strict: bool = False) -> Any:
             raise bad_request(f'json: duplicate field "{e.key}"') from None
         except (ValueError, UnicodeDecodeError) as e:
             raise bad_request(f"couldn't get version/kind; json parse error: {e}") from None
+    if content_type == protobuf.MEDIA_TYPE:
+        try:
+            return protobuf.decode_request(body)
+        except protobuf.ProtobufUnavailable as e:
+            raise APIError(415, f"protobuf request bodies are not available on this server ({e}); send "
+                                "application/json", "UnsupportedMediaType") from None
+        except protobuf.ProtobufError as e:
+            raise bad_request(f"cannot decode the protobuf body: {e}") from None
     if content_type in (YAML, "application/apply-patch+yaml", "application/yml", "text/yaml"):
         try:
             return yaml.safe_load(body)

@@ -190,6 +190,9 @@ def test_explain_auth_events_describe(server: K3pServer) -> None:
     assert "KIND:       Deployment" in explain and "rollingUpdate" in explain
     assert ok(server, "auth", "can-i", "create", "pods").strip() == "yes"
     ok(server, "get", "events")
+    assert ok(server, "create", "namespace", "made-by-generator").strip() == "namespace/made-by-generator created"
+    ok(server, "create", "configmap", "gen", "--from-literal=a=b")
+    assert ok(server, "get", "cm", "gen", "-o", "jsonpath={.data.a}") == "b"
     described = ok(server, "describe", "deploy", "web")
     assert "Name:" in described and "web" in described and "RollingUpdateStrategy" in described
 
