@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from k3p.client import Client
     from k3p.config import Config
     from k3p.pki import ServerPKI
     from k3p.plugins import PluginManager
@@ -31,4 +33,8 @@ class RunContext:
     supervisor: Supervisor | None = None
     #: the API server's URL as components in this process reach it
     api_url: str = ""
+    #: this node's name (agents, and servers that run an agent)
+    node_name: str = ""
+    #: an API client with this process's component credentials: ``new_client("k3p-scheduler")``
+    new_client: Callable[[str], Client] | None = None
     extra: dict[str, Any] = field(default_factory=dict)

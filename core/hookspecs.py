@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from k3p.agent.runtime import Runtime
     from k3p.checks import CheckReport
     from k3p.config import Config, OptionSchema
     from k3p.context import RunContext
@@ -80,7 +81,28 @@ def k3p_datastore(endpoint: str, config: Config) -> Datastore | None:
     """
 
 
+@hookspec(firstresult=True)
+def k3p_runtime(config: Config) -> Runtime | None:
+    """Return the container runtime this node uses (an object following ``k3p.agent.runtime.Runtime``).
+
+    The first plugin that returns one wins. The containerd plugin returns a runtime that
+    supervises containerd and speaks CRI; the simulated runtime (hollow nodes) returns one
+    that runs nothing. Return None to leave the choice to another plugin. k3p calls
+    ``start()`` before the kubelet uses it and ``close()`` on shutdown; containers must
+    survive ``close()``.
+    """
+
+
 # --- Phase 3: components -----------------------------------------------------------------
+
+
+@hookspec
+def k3p_agent_components(ctx: RunContext) -> list[Component] | None:
+    """Long-running parts of every node (``k3p agent``, and ``k3p server`` unless --disable-agent).
+
+    Same contract as ``k3p_server_components``; ``ctx.node_name`` is the node's name and
+    ``ctx.new_client(user_agent)`` gives an API client with the node's credentials.
+    """
 
 
 @hookspec

@@ -256,6 +256,26 @@ def ensure_server_pki(
     return ServerPKI(tls, server_ca, client_ca, serving_cert, serving_key, admin_cert, admin_key, sa_key)
 
 
+def ensure_client_cert(pki: ServerPKI, name: str, common_name: str, organizations: Iterable[str] = (),
+                       days: int = LEAF_DAYS) -> tuple[Path, Path]:
+    """A client certificate from the cluster's client CA, kept as ``client-<name>.crt/.key``."""
+    cert_path, key_path = pki.tls_dir / f"client-{name}.crt", pki.tls_dir / f"client-{name}.key"
+    if cert_path.exists() and key_path.exists():
+        cert = load_cert(cert_path)
+        if cert.not_valid_after_utc - _now() > dt.timedelta(days=90):
+            return cert_path, key_path
+    cert, key = pki.client_ca.issue(common_name, organizations, client=True, days=days)
+    write_private(key_path, _key_pem(key))
+    write_private(cert_path, _cert_pem(cert) + _cert_pem(pki.client_ca.cert), 0o644)
+    return cert_path, key_path
+
+
+def issue_client_pem(pki: ServerPKI, common_name: str, organizations: Iterable[str] = ()) -> tuple[bytes, bytes]:
+    """A new client certificate chain and key as PEM, for a joining node."""
+    cert, key = pki.client_ca.issue(common_name, organizations, client=True)
+    return _cert_pem(cert) + _cert_pem(pki.client_ca.cert), _key_pem(key)
+
+
 # --- join token ------------------------------------------------------------------------------
 
 
