@@ -20,6 +20,7 @@ usage: k3p COMMAND [options]
 
 commands:
   server         Run the control plane (and, unless --disable-agent, a node)
+  agent          Join a server as a node (--server URL --token TOKEN)
   plugins list   Show discovered plugins, their hooks and whether they are enabled
   check-config   Check that this host can run k3p
   datastore      datastore backup FILE: copy the datastore while the server runs
@@ -89,6 +90,21 @@ def cmd_server(argv: Sequence[str]) -> int:
         return asyncio.run(run_server(config, plugins))
 
 
+def cmd_agent(argv: Sequence[str]) -> int:
+    config, plugins, _ = load("agent", argv)
+    plugins.check_runnable()
+    logsetup.configure(debug=config.get("debug"))
+    from k3p.agent.join import JoinError
+    from k3p.agent.run import run_agent
+
+    try:
+        import uvloop
+
+        return uvloop.run(run_agent(config, plugins))
+    except JoinError as e:
+        return fail(str(e), 1)
+
+
 def cmd_plugins(argv: Sequence[str]) -> int:
     if not argv or argv[0] != "list":
         return fail("usage: k3p plugins list [-o table|json] [--disable NAME] [--config FILE]")
@@ -146,6 +162,7 @@ def cmd_kubectl(argv: Sequence[str]) -> int:
 
 COMMANDS = {
     "server": cmd_server,
+    "agent": cmd_agent,
     "plugins": cmd_plugins,
     "check-config": cmd_check_config,
     "datastore": cmd_datastore,

@@ -135,8 +135,12 @@ def add_core_options(schema: OptionSchema) -> None:
         help="Write the admin kubeconfig to FILE")
     add("write-kubeconfig-mode", default="", commands=server, metavar="MODE",
         help="Octal file mode of the kubeconfig (default 0600)")
+    add("token-file", default="", env="K3P_TOKEN_FILE", commands=("agent",), metavar="FILE",
+        help="Read the join token from FILE")
     add("node-name", default="", env="K3P_NODE_NAME", metavar="NAME",
         help="Node name (default: the hostname)")
+    add("node-ip", default="", env="K3P_NODE_IP", metavar="IP",
+        help="IP address to advertise for the node (default: the host's first address)")
     add("node-label", type=list, metavar="KEY=VALUE", help="Label to register the node with (repeatable)")
     add("node-taint", type=list, metavar="KEY=VALUE:EFFECT",
         help="Taint to register the node with (repeatable)")
@@ -154,6 +158,9 @@ def add_core_options(schema: OptionSchema) -> None:
         help="Datastore to use: sqlite://PATH (default: sqlite in the data dir), or what a plugin serves")
     add("watch-cache-size", type=int, default=1000, commands=server, metavar="N",
         help="Recent changes kept per resource type for watch replay; older resourceVersions get 410 Expired")
+    add("simulate", type=int, default=0, commands=("agent",), metavar="N",
+        help="Run N simulated (hollow) nodes in this process instead of a real node: for tests and scale "
+             "benchmarks, never for workloads")
     add("disable-agent", type=bool, default=False, commands=server,
         help="Run only the control plane on this machine, no workloads")
 

@@ -14,7 +14,9 @@ from k3p.apiserver.app import APIServer
 from k3p.apiserver.auth import Authenticator, CertHttpToolsProtocol, ServiceAccountTokens
 from k3p.apiserver.health import health_router
 from k3p.apiserver.listener import serve_https
+from k3p.apiserver.supervisor_api import supervisor_router
 from k3p.checks import CheckReport, core_checks
+from k3p.client import Client
 from k3p.config import Config, ConfigError
 from k3p.context import RunContext
 from k3p.plugins import PluginManager
@@ -122,6 +124,7 @@ def apiserver_component(ctx: RunContext, store: Datastore) -> Component:
         await api.start()
         app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
         app.include_router(health_router(readiness, pki.server_ca.cert_path))
+        app.include_router(supervisor_router(pki, ctx.token, lambda: cluster_settings(ctx.config)))
         api.mount(app)
         try:
             await serve_https(
@@ -138,6 +141,28 @@ def apiserver_component(ctx: RunContext, store: Datastore) -> Component:
             await api.close()
 
     return TaskComponent("apiserver", run, requires=["datastore"])
+
+
+def cluster_settings(config: Config) -> dict[str, str]:
+    """What joining nodes learn from the server (K3s hands these to agents the same way)."""
+    return {
+        "clusterCIDR": config.get("cluster_cidr"),
+        "serviceCIDR": config.get("service_cidr"),
+        "clusterDNS": config.get("cluster_dns"),
+        "clusterDomain": config.get("cluster_domain"),
+    }
+
+
+def attach_clients(ctx: RunContext) -> None:
+    """In-process components (controllers, scheduler) act with a system:masters identity of their own."""
+    assert ctx.pki is not None
+    cert, key = pki_mod.ensure_client_cert(ctx.pki, "k3p-controller", "system:k3p-controller", ["system:masters"])
+    ca = ctx.pki.server_ca.cert_path
+
+    def new_client(user_agent: str) -> Client:
+        return Client(ctx.api_url, ca_file=ca, cert_file=cert, key_file=key, user_agent=user_agent)
+
+    ctx.new_client = new_client
 
 
 def components(ctx: RunContext, store: Datastore) -> list[Component]:
@@ -158,6 +183,8 @@ async def run_server(config: Config, plugins: PluginManager) -> int:
     ctx = prepare(config, plugins, node_ips)
     if stop.is_set():
         return 0
+    ctx.node_name = (config.get("node_name") or socket.gethostname()).lower()
+    attach_clients(ctx)
     store = select_datastore(config, plugins)
     ctx.datastore = store
     supervisor = Supervisor(components(ctx, store))

@@ -1,0 +1,89 @@
+"""``k3p agent``: join a server with its token and run one node (or N simulated nodes)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from pathlib import Path
+
+import structlog
+from k3p.agent.join import NodeCredentials, join
+from k3p.client import Client
+from k3p.config import Config, ConfigError
+from k3p.context import RunContext
+from k3p.plugins import PluginManager
+from k3p.supervisor import Component, Supervisor
+
+log = structlog.get_logger(__name__)
+
+
+def read_token(config: Config) -> str:
+    if config.get("token"):
+        return config.get("token")
+    path = config.get("token_file")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read --token-file {path}: {e.strerror}") from None
+    return ""
+
+
+def client_factory(creds: NodeCredentials):
+    def new_client(user_agent: str) -> Client:
+        return Client(creds.server_url, ca_file=creds.ca_file, cert_file=creds.cert_file, key_file=creds.key_file,
+                      user_agent=user_agent)
+
+    return new_client
+
+
+def node_names(config: Config) -> list[str]:
+    base = (config.get("node_name") or socket.gethostname()).lower()
+    count = config.get("simulate") or 0
+    if count < 0:
+        raise ConfigError("invalid value for simulate: must be 0 or more")
+    return [base] if count == 0 else [f"{base}-sim-{i}" for i in range(count)]
+
+
+async def node_components(config: Config, plugins: PluginManager, name: str, creds: NodeCredentials,
+                          folder: Path) -> list[Component]:
+    from k3p.agent.components import agent_components
+
+    runtime = plugins.hook.k3p_runtime(config=config)
+    if runtime is None:
+        what = "simulated nodes" if config.get("simulate") else "containers"
+        raise ConfigError(f"no enabled plugin provides a container runtime for {what} "
+                          f"(enabled: {', '.join(plugins.enabled()) or 'none'})")
+    return agent_components(client_factory(creds), runtime, name, config, folder)
+
+
+async def run_agent(config: Config, plugins: PluginManager) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = config.get("server")
+    if not server:
+        raise ConfigError("k3p agent needs --server URL (or K3P_URL)")
+    token = read_token(config)
+    data_dir = config.data_path / "agent"
+    names = node_names(config)
+    components: list[Component] = []
+    first: NodeCredentials | None = None
+    for i, name in enumerate(names):
+        creds = await join(server, token, name, data_dir / "credentials")
+        first = first or creds
+        folder = data_dir if len(names) == 1 else data_dir / "simulated" / name
+        components += await node_components(config, plugins, name, creds, folder)
+        if len(names) > 1 and (i + 1) % 10 == 0:
+            log.info("joining simulated nodes", joined=i + 1, total=len(names))
+    assert first is not None
+    ctx = RunContext(config=config, plugins=plugins, data_dir=config.data_path, api_url=first.server_url,
+                     node_name=names[0], new_client=client_factory(first))
+    for batch in plugins.hook.k3p_agent_components(ctx=ctx):
+        components.extend(batch or ())
+    supervisor = Supervisor(components)
+    log.info("k3p agent starting", server=server, nodes=len(names))
+    await supervisor.run(stop)
+    return 0
