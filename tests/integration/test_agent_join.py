@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from k3p.testing import K3pServer, free_port
 
 
