@@ -760,8 +760,9 @@ _FIELD_SETS: dict[tuple[str, str], _FieldSet] = {
 }
 
 # Groups served by kube-apiserver itself (plus the metrics API, which uses the same default
-# field conversion); resources of any other group are treated as custom resources.
-_BUILTIN_GROUPS = frozenset(
+# field conversion); resources of any other group are treated as custom resources (field
+# selectors, Table printing).
+BUILTIN_GROUPS = frozenset(
     {
         "",
         "admissionregistration.k8s.io",
@@ -792,7 +793,7 @@ _BUILTIN_GROUPS = frozenset(
 
 
 def _is_custom(group: str, custom: bool | None) -> bool:
-    return custom if custom is not None else group not in _BUILTIN_GROUPS
+    return custom if custom is not None else group not in BUILTIN_GROUPS
 
 
 def _format_custom_value(value: Any) -> str:

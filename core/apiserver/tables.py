@@ -31,6 +31,7 @@ from k3p.apiserver.printers import (
     printer_columns,
     translate_timestamp_since,
 )
+from k3p.selectors import BUILTIN_GROUPS
 
 __all__ = [
     "INCLUDE_OBJECT_POLICIES",
@@ -44,35 +45,6 @@ log = structlog.get_logger(__name__)
 INCLUDE_OBJECT_POLICIES = ("None", "Metadata", "Object")
 _TABLE_VERSIONS = ("v1", "v1beta1")
 
-# Groups whose resources kube-apiserver serves itself; a group outside this set without
-# printer columns is taken for a custom resource (Name + Age, not Name + Created At).
-_BUILTIN_GROUPS = frozenset(
-    {
-        "",
-        "admissionregistration.k8s.io",
-        "apiextensions.k8s.io",
-        "apiregistration.k8s.io",
-        "apps",
-        "authentication.k8s.io",
-        "authorization.k8s.io",
-        "autoscaling",
-        "batch",
-        "certificates.k8s.io",
-        "coordination.k8s.io",
-        "discovery.k8s.io",
-        "events.k8s.io",
-        "flowcontrol.apiserver.k8s.io",
-        "internal.apiserver.k8s.io",
-        "networking.k8s.io",
-        "node.k8s.io",
-        "policy",
-        "rbac.authorization.k8s.io",
-        "resource.k8s.io",
-        "scheduling.k8s.io",
-        "storage.k8s.io",
-        "storagemigration.k8s.io",
-    }
-)
 
 _DEFAULT_COLUMNS = (NAME_COLUMN, Column("Created At", "date", doc=AGE_COLUMN.doc))
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
@@ -220,7 +192,7 @@ def _is_custom(group: str, custom: bool | None, additional_printer_columns: obje
         return custom
     if additional_printer_columns is not None:
         return True
-    return group not in _BUILTIN_GROUPS
+    return group not in BUILTIN_GROUPS
 
 
 def to_table(
