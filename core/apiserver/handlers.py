@@ -483,20 +483,26 @@ class ResourceHandlers:
             self._immutable_checks(rt, old, new)
             await self._admit("UPDATE", rt, new, old)
             new = update_managed_fields(old, new, manager, "Update", sub, rt.schema_node(), strategy.now())
-            if dry:
-                return bodies.json_response(self._output(rt, new), 200, self._warning_headers(warnings))
-            if _same(old, new):
-                return bodies.json_response(self._output(rt, old), 200, self._warning_headers(warnings))
             try:
-                stored = await self._store_update(rt, key, current, new)
+                return await self._answer_update(rt, key, current, new, dry, warnings)
             except _Retry:
                 if wanted_rv:
                     raise conflict(rt.group, rt.resource, name,
                                    "the object has been modified; please apply your changes to the latest "
                                    "version and try again") from None
                 continue
-            return bodies.json_response(self._output(rt, stored), 200, self._warning_headers(warnings))
         raise conflict(rt.group, rt.resource, name, "too many concurrent writes; try again")
+
+    async def _answer_update(self, rt: ResourceType, key: str, current: CachedObject, new: Obj, dry: bool,
+                             warnings: list[str]) -> Response:
+        """Store an update (unless it is a dry run or changes nothing) and answer it; _Retry on a lost race."""
+        headers = self._warning_headers(warnings)
+        if dry:
+            return bodies.json_response(self._output(rt, new), 200, headers)
+        if _same(current.obj, new):
+            return bodies.json_response(self._output(rt, current.obj), 200, headers)
+        stored = await self._store_update(rt, key, current, new)
+        return bodies.json_response(self._output(rt, stored), 200, headers)
 
     def _immutable_checks(self, rt: ResourceType, old: Obj, new: Obj) -> None:
         if (rt.group, rt.resource) == ("", "services"):
@@ -589,15 +595,10 @@ class ResourceHandlers:
             await self._admit("UPDATE", rt, new, old)
             if kind != "apply":
                 new = update_managed_fields(old, new, manager, "Update", sub, schema, strategy.now())
-            if dry:
-                return bodies.json_response(self._output(rt, new), 200, self._warning_headers(warnings))
-            if _same(old, new):
-                return bodies.json_response(self._output(rt, old), 200, self._warning_headers(warnings))
             try:
-                stored = await self._store_update(rt, key, current, new)
+                return await self._answer_update(rt, key, current, new, dry, warnings)
             except _Retry:
                 continue
-            return bodies.json_response(self._output(rt, stored), 200, self._warning_headers(warnings))
         raise conflict(rt.group, rt.resource, name, "too many concurrent writes; try again")
 
     async def _apply_create(self, request: Request, rt: ResourceType, attrs: RequestAttributes,
