@@ -270,6 +270,14 @@ def ensure_client_cert(pki: ServerPKI, name: str, common_name: str, organization
     return cert_path, key_path
 
 
+def issue_serving_pem(pki: ServerPKI, common_name: str, dns_names: Iterable[str], ips: Iterable[str]
+                      ) -> tuple[bytes, bytes]:
+    """A serving certificate chain and key as PEM from the server CA (a kubelet's port 10250)."""
+    cert, key = pki.server_ca.issue(common_name, server=True, dns_names=dns_names,
+                                    ips=[i for i in ips if _is_ip(i)])
+    return _cert_pem(cert) + _cert_pem(pki.server_ca.cert), _key_pem(key)
+
+
 def issue_client_pem(pki: ServerPKI, common_name: str, organizations: Iterable[str] = ()) -> tuple[bytes, bytes]:
     """A new client certificate chain and key as PEM, for a joining node."""
     cert, key = pki.client_ca.issue(common_name, organizations, client=True)

@@ -14,6 +14,7 @@ from k3p.apiserver.app import APIServer
 from k3p.apiserver.auth import Authenticator, CertHttpToolsProtocol, ServiceAccountTokens
 from k3p.apiserver.health import health_router
 from k3p.apiserver.listener import serve_https
+from k3p.apiserver.node_proxy import KubeletProxy
 from k3p.apiserver.supervisor_api import supervisor_router
 from k3p.checks import CheckReport, core_checks
 from k3p.client import Client
@@ -117,7 +118,10 @@ def apiserver_component(ctx: RunContext, store: Datastore) -> Component:
 
     async def run(ready: Ready) -> None:
         authn = Authenticator(ServiceAccountTokens(pki.service_account_key))
-        api = APIServer(store, authn, service_cidr=ctx.config.get("service_cidr"),
+        kubelet_cert, kubelet_key = pki_mod.ensure_client_cert(pki, "kube-apiserver", "system:kube-apiserver",
+                                                               ["system:masters"])
+        kubelets = KubeletProxy(pki.server_ca.cert_path, kubelet_cert, kubelet_key)
+        api = APIServer(store, authn, kubelets=kubelets, service_cidr=ctx.config.get("service_cidr"),
                         node_port_range=ctx.config.get("service_node_port_range"),
                         watch_cache_size=ctx.config.get("watch_cache_size"))
         ctx.extra["apiserver"] = api

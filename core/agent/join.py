@@ -18,11 +18,17 @@ class JoinError(Exception):
 
 @dataclass(frozen=True)
 class NodeCredentials:
+    """Where a node's credentials are: its API client certificate, its kubelet serving
+    certificate (for port 10250) and the CAs to check the server and the server's calls."""
+
     server_url: str
     ca_file: Path
     cert_file: Path
     key_file: Path
     cluster: dict[str, Any]
+    serving_cert_file: Path | None = None
+    serving_key_file: Path | None = None
+    client_ca_file: Path | None = None
 
 
 async def fetch_ca(server_url: str, token: str) -> bytes:
@@ -41,7 +47,8 @@ async def fetch_ca(server_url: str, token: str) -> bytes:
     return r.content
 
 
-async def join(server_url: str, token: str, node_name: str, folder: Path) -> NodeCredentials:
+async def join(server_url: str, token: str, node_name: str, folder: Path,
+               addresses: list[str] | None = None) -> NodeCredentials:
     """Get credentials for ``node_name`` and write them under ``folder``; raises JoinError."""
     server_url = server_url.rstrip("/")
     if not token:
@@ -54,7 +61,8 @@ async def join(server_url: str, token: str, node_name: str, folder: Path) -> Nod
     ctx = ssl.create_default_context(cafile=str(ca_file))
     try:
         async with httpx.AsyncClient(base_url=server_url, verify=ctx, auth=("node", secret), timeout=15) as http:
-            creds = await http.post("/v1-k3p/node-credentials", json={"nodeName": node_name})
+            creds = await http.post("/v1-k3p/node-credentials",
+                                    json={"nodeName": node_name, "addresses": addresses or []})
             if creds.status_code == 401:
                 raise JoinError(f"the server at {server_url} refused the join token")
             if creds.status_code != 200:
@@ -67,4 +75,10 @@ async def join(server_url: str, token: str, node_name: str, folder: Path) -> Nod
     cert_file, key_file = folder / f"client-kubelet-{node_name}.crt", folder / f"client-kubelet-{node_name}.key"
     pki_mod.write_private(key_file, data["key"].encode())
     pki_mod.write_private(cert_file, data["certificate"].encode(), 0o644)
-    return NodeCredentials(server_url, ca_file, cert_file, key_file, cluster.json())
+    serving_cert, serving_key = folder / f"serving-kubelet-{node_name}.crt", folder / f"serving-kubelet-{node_name}.key"
+    pki_mod.write_private(serving_key, data["servingKey"].encode())
+    pki_mod.write_private(serving_cert, data["servingCertificate"].encode(), 0o644)
+    client_ca = folder / "client-ca.crt"
+    pki_mod.write_private(client_ca, data["clientCA"].encode(), 0o644)
+    return NodeCredentials(server_url, ca_file, cert_file, key_file, cluster.json(), serving_cert, serving_key,
+                           client_ca)

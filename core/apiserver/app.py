@@ -20,6 +20,7 @@ from k3p.apiserver.allocators import ServiceAllocator
 from k3p.apiserver.auth import ANONYMOUS, Authenticator
 from k3p.apiserver.errors import APIError, bad_request, invalid, method_not_allowed
 from k3p.apiserver.handlers import ResourceHandlers
+from k3p.apiserver.node_proxy import KubeletProxy
 from k3p.apiserver.openapi import OpenAPIV3
 from k3p.apiserver.rbac import RBACAuthorizer, forbidden_status
 from k3p.apiserver.registry import Registry, ResourceType, builtin_registry
@@ -98,7 +99,10 @@ class APIServer:
         node_port_range: str = "30000-32767",
         watch_cache_size: int = 1000,
         admission: list[Callable[..., Any]] | None = None,
+        kubelets: KubeletProxy | None = None,
     ) -> None:
+        #: how pods/log reaches kubelets (None: no node can be reached)
+        self.kubelets = kubelets
         self.datastore = datastore
         self.registry: Registry = builtin_registry()
         self.cache = WatchCache(datastore, watch_cache_size)
@@ -131,6 +135,8 @@ class APIServer:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.cache.close()
+        if self.kubelets is not None:
+            await self.kubelets.close()
 
     async def _bootstrap(self) -> None:
         """System namespaces, default RBAC and the ``kubernetes`` Service, as a new cluster has them."""
@@ -439,6 +445,8 @@ class APIServer:
             return self._review(rt, attrs, bodies.decode(raw, bodies.media_type(request)))
         if sub == "scale":
             return await self._scale(request, rt, attrs, query, raw)
+        if sub == "log" and verb == "get":
+            return await self._pod_log(rt, attrs, query)
         if sub in ("log", "exec", "attach", "portforward", "proxy", "ephemeralcontainers"):
             raise APIError(503, f"pods/{sub} needs the pod's node agent, which this cluster does not run yet",
                            "ServiceUnavailable")
@@ -567,6 +575,17 @@ class APIServer:
                 continue
             return bodies.json_response(bodies.success_status(), 201)
         raise APIError(409, "binding kept conflicting; try again", "Conflict")
+
+    async def _pod_log(self, rt: ResourceType, attrs: RequestAttributes, query: dict[str, str]) -> Response:
+        pod = (await self.handlers._current(rt, attrs.namespace, attrs.name)).obj
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        if not node_name or self.kubelets is None:
+            raise bad_request(f'pod "{attrs.name}" is not running on a node yet: no logs')
+        nodes = self.registry.get("", "v1", "nodes")
+        node = self.cache.get(nodes.key_prefix(None), nodes.storage_key(None, node_name))
+        if node is None:
+            raise APIError(503, f'node "{node_name}" of pod "{attrs.name}" is gone', "ServiceUnavailable")
+        return await self.kubelets.logs(node.obj, pod, query)
 
     async def _token_request(self, request: Request, rt: ResourceType, attrs: RequestAttributes,
                              raw: bytes) -> Response:

@@ -62,8 +62,13 @@ def supervisor_router(server_pki: pki_mod.ServerPKI, token: str, cluster_config:
             return JSONResponse({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 422,
                                  "reason": "Invalid", "message": f"invalid node name {name!r}: {problems[0]}"}, 422)
         cert, key = pki_mod.issue_client_pem(server_pki, f"system:node:{name}", ["system:nodes"])
+        addresses = [a for a in body.get("addresses") or [] if isinstance(a, str)][:16]
+        serving, serving_key = pki_mod.issue_serving_pem(server_pki, f"system:node:{name}",
+                                                         [name, "localhost"], ["127.0.0.1", *addresses])
         return JSONResponse({"certificate": cert.decode(), "key": key.decode(),
-                             "serverCA": server_pki.server_ca.cert_path.read_text()})
+                             "servingCertificate": serving.decode(), "servingKey": serving_key.decode(),
+                             "serverCA": server_pki.server_ca.cert_path.read_text(),
+                             "clientCA": server_pki.client_ca.cert_path.read_text()})
 
     @router.get(f"{PREFIX}/config")
     async def config(request: Request) -> JSONResponse:
