@@ -26,6 +26,7 @@ commands:
   datastore      datastore backup FILE: copy the datastore while the server runs
   kubectl        Run kubectl against this server (uses the admin kubeconfig)
   version        Print the k3p version
+  crictl, ctr    Inspect this node's containers (provided by the containerd plugin)
 
 'k3p COMMAND --help' shows a command's options.
 """
@@ -160,6 +161,23 @@ def cmd_kubectl(argv: Sequence[str]) -> int:
     return 0  # pragma: no cover - exec does not return
 
 
+def plugin_command(command: str, argv: Sequence[str]) -> int:
+    """A command a plugin adds through ``k3p_commands`` (``k3p crictl``, ``k3p ctr``)."""
+    try:
+        plugins = PluginManager()
+    except PluginError as e:
+        return fail(str(e))
+    found: dict[str, object] = {}
+    for batch in plugins.hook.k3p_commands():
+        found.update(batch or {})
+    handler = found.get(command)
+    if handler is None:
+        known = sorted([*COMMANDS, *found])
+        return fail(f"unknown command {command!r} (commands: {', '.join(known)})")
+    data_dir = os.environ.get("K3P_DATA_DIR") or cfg.default_data_dir()
+    return int(handler(list(argv), data_dir))  # type: ignore[operator]
+
+
 COMMANDS = {
     "server": cmd_server,
     "agent": cmd_agent,
@@ -181,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     handler = COMMANDS.get(command)
     if handler is None:
-        return fail(f"unknown command {command!r} (commands: {', '.join(COMMANDS)})")
+        return plugin_command(command, rest)
     from k3p.__main__ import _stop_before_start
 
     # Until the event loop takes over SIGTERM, it means: stop cleanly, nothing runs yet.

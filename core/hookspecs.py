@@ -24,6 +24,7 @@ names the plugin and the hook.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -63,6 +64,16 @@ def k3p_check_config(config: Config, report: CheckReport) -> None:
     Inspect the host (binaries, kernel features, ports, permissions) and record findings
     with ``report.ok(name, detail)``, ``report.warn(name, detail)`` or
     ``report.fail(name, detail)``. A failure stops ``k3p server`` before anything starts.
+    """
+
+
+@hookspec
+def k3p_commands() -> dict[str, Callable[[list[str], str], int]] | None:
+    """Extra ``k3p`` commands the plugin provides, e.g. ``{"crictl": crictl_main}``.
+
+    Each function gets the command's arguments and the data dir (``K3P_DATA_DIR`` or the
+    default) and returns the exit code. Keep imports inside the function so ``k3p --help``
+    stays fast. A name that another plugin or k3p itself uses is an error.
     """
 
 
