@@ -435,9 +435,9 @@ class ResourceHandlers:
         return bodies.json_response(self._output(rt, obj), 201, self._warning_headers(warnings))
 
     async def _store_update(self, rt: ResourceType, key: str, old: CachedObject, new: Obj) -> Obj:
-        """CAS-write ``new`` over ``old``; a finished deletion (no finalizers left) deletes instead."""
+        """CAS-write ``new`` over ``old``; a finished deletion (nothing holds it any more) deletes instead."""
         meta = new["metadata"]
-        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+        if meta.get("deletionTimestamp") and not _removal_blocked(rt, new):
             try:
                 kv = await self.datastore.delete(key, old.rv)
             except (ConflictError, NotFoundError) as e:
@@ -666,13 +666,19 @@ class ResourceHandlers:
             if policy == "Orphan" and "orphan" not in finalizers:
                 finalizers.append("orphan")
             graceful = self._grace_period(rt, obj, grace)
-            if finalizers or graceful:
-                if meta.get("deletionTimestamp") and graceful is None and finalizers == meta.get("finalizers"):
-                    return self._output(rt, current.obj)  # already being deleted
-                meta["finalizers"] = finalizers
+            marked = copy.deepcopy(obj)
+            marked["metadata"]["finalizers"] = finalizers
+            marked["metadata"]["deletionGracePeriodSeconds"] = graceful or 0
+            if _removal_blocked(rt, marked):
+                if meta.get("deletionTimestamp") and finalizers == (meta.get("finalizers") or []) and (
+                        graceful or 0) >= (meta.get("deletionGracePeriodSeconds") or 0):
+                    return self._output(rt, current.obj)  # already being deleted, no shorter grace asked
+                obj = marked
+                meta = obj["metadata"]
+                if not finalizers:
+                    meta.pop("finalizers", None)
                 if not meta.get("deletionTimestamp"):
                     meta["deletionTimestamp"] = strategy.now()
-                meta["deletionGracePeriodSeconds"] = graceful or 0
                 if (rt.group, rt.resource) == ("", "namespaces"):
                     obj.setdefault("status", {})["phase"] = "Terminating"
                 if dry:
@@ -698,8 +704,6 @@ class ResourceHandlers:
     @staticmethod
     def _grace_period(rt: ResourceType, obj: Obj, grace: int | None) -> int | None:
         """Seconds of graceful deletion for a pod on a node (its kubelet finishes it), else None."""
-        if (rt.group, rt.resource) == ("", "namespaces"):
-            return 0 if obj.get("spec", {}).get("finalizers") else None
         if (rt.group, rt.resource) != ("", "pods"):
             return None
         spec, status = obj.get("spec", {}), obj.get("status", {})
@@ -729,6 +733,15 @@ class ResourceHandlers:
         doc = {"kind": rt.list_kind, "apiVersion": rt.api_version,
                "metadata": {"resourceVersion": str(self.cache.revision)}, "items": deleted}
         return bodies.json_response(doc)
+
+
+def _removal_blocked(rt: ResourceType, obj: Obj) -> bool:
+    """Whether an object marked for deletion must stay: finalizers (a namespace's spec.finalizers
+    too) or a graceful pod deletion its kubelet has not finished."""
+    meta = obj.get("metadata") or {}
+    if meta.get("finalizers") or meta.get("deletionGracePeriodSeconds"):
+        return True
+    return (rt.group, rt.resource) == ("", "namespaces") and bool((obj.get("spec") or {}).get("finalizers"))
 
 
 class _Retry(Exception):

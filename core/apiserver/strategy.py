@@ -156,6 +156,8 @@ def prepare_update(rt: ResourceType, old: Obj, new: Obj, subresource: str = "") 
         default(new)
     if tracks_generation(rt) and spec_of(old) != spec_of(new):
         meta["generation"] = int(old_meta.get("generation", 1)) + 1
+        if (rt.group, rt.resource) == ("apps", "daemonsets"):
+            meta.setdefault("annotations", {})["deprecated.daemonset.template.generation"] = str(meta["generation"])
     return new
 
 
@@ -258,6 +260,9 @@ def _statefulset_defaults(s: Obj) -> None:
 
 def _daemonset_defaults(ds: Obj) -> None:
     spec = ds.setdefault("spec", {})
+    meta = ds.setdefault("metadata", {})
+    if meta.get("generation"):
+        meta.setdefault("annotations", {})["deprecated.daemonset.template.generation"] = str(meta["generation"])
     spec.setdefault("revisionHistoryLimit", 10)
     strategy = spec.setdefault("updateStrategy", {"type": "RollingUpdate"})
     if strategy.get("type") == "RollingUpdate":
@@ -269,6 +274,15 @@ def _daemonset_defaults(ds: Obj) -> None:
 
 def _job_defaults(job: Obj) -> None:
     spec = job.setdefault("spec", {})
+    meta = job.get("metadata") or {}
+    uid, name = meta.get("uid"), meta.get("name")
+    if uid and not spec.get("manualSelector"):
+        # kube's job strategy: the selector and pod labels tie the Job's pods to this Job's uid
+        labels = {"batch.kubernetes.io/controller-uid": uid, "batch.kubernetes.io/job-name": name,
+                  "controller-uid": uid, "job-name": name}
+        spec.setdefault("selector", {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}})
+        template_meta = spec.setdefault("template", {}).setdefault("metadata", {})
+        template_meta["labels"] = {**(template_meta.get("labels") or {}), **labels}
     spec.setdefault("completions", 1) if "parallelism" not in spec or spec.get("completions") is not None else None
     spec.setdefault("parallelism", 1)
     spec.setdefault("backoffLimit", 6)

@@ -149,6 +149,7 @@ class InformerFactory:
         self.client = client
         self._informers: dict[tuple[Any, ...], Informer] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._running: set[int] = set()
 
     def informer(self, res: Resource, namespace: str | None = None, *, label_selector: str | None = None,
                  field_selector: str | None = None) -> Informer:
@@ -157,14 +158,18 @@ class InformerFactory:
         if inf is None:
             inf = self._informers[key] = Informer(self.client, res, namespace, label_selector=label_selector,
                                                   field_selector=field_selector)
-            if self._tasks:  # already running: start the new one too
-                self._tasks.append(asyncio.create_task(inf.run(), name=f"informer-{res.plural}"))
+            if self._running:  # already started: start the new one too
+                self._run(inf)
         return inf
+
+    def _run(self, inf: Informer) -> None:
+        if id(inf) not in self._running:
+            self._running.add(id(inf))
+            self._tasks.append(asyncio.create_task(inf.run(), name=f"informer-{inf.res.plural}"))
 
     def start(self) -> None:
         for inf in self._informers.values():
-            if not any(t.get_name() == f"informer-{inf.res.plural}" for t in self._tasks):
-                self._tasks.append(asyncio.create_task(inf.run(), name=f"informer-{inf.res.plural}"))
+            self._run(inf)
 
     async def wait_synced(self) -> None:
         await asyncio.gather(*(inf.wait_synced() for inf in self._informers.values()))
@@ -174,3 +179,4 @@ class InformerFactory:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        self._running.clear()

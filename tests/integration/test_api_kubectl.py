@@ -178,6 +178,9 @@ def test_delete_and_namespace_deletion_removes_contents(server: K3pServer) -> No
        input="apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c1}\ndata: {a: b}\n")
     ok(server, "delete", "ns", "doomed", "--wait", "--timeout=30s")
     assert "doomed" not in ok(server, "get", "ns", "-o", "name")
+    # the namespace went only after its contents: a namespace of the same name starts empty
+    ok(server, "create", "-f", "-", input="apiVersion: v1\nkind: Namespace\nmetadata: {name: doomed}\n")
+    assert ok(server, "get", "cm", "-n", "doomed", "-o", "name").strip() == ""
     ok(server, "create", "-f", "-", input="apiVersion: v1\nkind: ConfigMap\nmetadata: {name: gone}\n")
     ok(server, "delete", "cm", "gone", "--wait")
     missing = server.kubectl("get", "cm", "gone")
