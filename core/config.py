@@ -161,6 +161,14 @@ def add_core_options(schema: OptionSchema) -> None:
     add("simulate", type=int, default=0, commands=("agent",), metavar="N",
         help="Run N simulated (hollow) nodes in this process instead of a real node: for tests and scale "
              "benchmarks, never for workloads")
+    add("disable-scheduler", type=bool, default=False, commands=server,
+        help="Do not run the scheduler (pods stay Pending unless something else binds them)")
+    add("disable-controller-manager", type=bool, default=False, commands=server,
+        help="Do not run the controllers (Deployments, ReplicaSets, Jobs, GC, node lifecycle ...)")
+    add("node-monitor-grace-period", default="50s", commands=server, metavar="DURATION",
+        help="How long a node may go without renewing its Lease before it is marked NotReady/Unknown")
+    add("node-cidr-mask-size", type=int, default=24, commands=server, metavar="BITS",
+        help="Prefix length of the pod range each node gets from --cluster-cidr")
     add("disable-agent", type=bool, default=False, commands=server,
         help="Run only the control plane on this machine, no workloads")
 

@@ -168,7 +168,23 @@ def _is_ip(value: str) -> bool:
 
 
 def host_addresses() -> list[str]:
-    """The IPv4 addresses of this host's interfaces that are up (loopback excluded)."""
+    """The IPv4 addresses of this host's interfaces that are up (loopback excluded).
+
+    Safe to call from a coroutine: pyroute2's synchronous API runs an event loop of its
+    own, which cannot nest in a running one, so it then runs on a helper thread.
+    """
+    import asyncio
+    import concurrent.futures
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _host_addresses()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(_host_addresses).result()
+
+
+def _host_addresses() -> list[str]:
     from pyroute2 import IPRoute  # imported here: only servers need it, and only at start
 
     found: list[str] = []

@@ -171,6 +171,14 @@ def attach_clients(ctx: RunContext) -> None:
 
 def components(ctx: RunContext, store: Datastore) -> list[Component]:
     found: list[Component] = [datastore_component(store), apiserver_component(ctx, store)]
+    if not ctx.config.get("disable_controller_manager"):
+        from k3p.controllers import controller_manager_component
+
+        found.append(controller_manager_component(ctx))
+    if not ctx.config.get("disable_scheduler"):
+        from k3p.scheduler import scheduler_component
+
+        found.append(scheduler_component(ctx))
     for batch in ctx.plugins.hook.k3p_server_components(ctx=ctx):
         found.extend(batch or ())
     return found
@@ -182,8 +190,7 @@ async def run_server(config: Config, plugins: PluginManager) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    # pyroute2's synchronous API runs its own loop: keep it off this one.
-    node_ips = await asyncio.to_thread(node_addresses, config)
+    node_ips = node_addresses(config)
     ctx = prepare(config, plugins, node_ips)
     if stop.is_set():
         return 0

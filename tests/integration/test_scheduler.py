@@ -53,7 +53,8 @@ def pod(name: str, cpu: str = "100m", memory: str = "64Mi", labels: dict | None 
 
 @pytest.fixture
 def server(k3p_server_factory: Callable[..., K3pServer]) -> K3pServer:
-    return k3p_server_factory(args=["--disable-agent"])
+    # the test runs its own scheduler: the server must not run one too
+    return k3p_server_factory(args=["--disable-agent", "--disable-scheduler", "--disable-controller-manager"])
 
 
 @pytest.fixture
