@@ -158,6 +158,8 @@ def add_core_options(schema: OptionSchema) -> None:
         help="Datastore to use: sqlite://PATH (default: sqlite in the data dir), or what a plugin serves")
     add("watch-cache-size", type=int, default=1000, commands=server, metavar="N",
         help="Recent changes kept per resource type for watch replay; older resourceVersions get 410 Expired")
+    add("kubelet-port", type=int, default=10250, metavar="PORT",
+        help="Port of the kubelet's HTTPS endpoint, which serves logs to the API server")
     add("simulate", type=int, default=0, commands=("agent",), metavar="N",
         help="Run N simulated (hollow) nodes in this process instead of a real node: for tests and scale "
              "benchmarks, never for workloads")

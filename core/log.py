@@ -51,3 +51,5 @@ def configure(debug: bool = False, json: bool | None = None) -> None:
     root.setLevel(level)
     # uvicorn's access log line per request is noise for an API server: keep it at debug.
     logging.getLogger("uvicorn.access").setLevel(logging.DEBUG if debug else logging.WARNING)
+    # httpx logs every request at INFO: the API server's clients make thousands.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if debug else logging.WARNING)

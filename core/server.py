@@ -169,6 +169,40 @@ def attach_clients(ctx: RunContext) -> None:
     ctx.new_client = new_client
 
 
+def node_components(ctx: RunContext) -> list[Component]:
+    """This server's own node: the kubelet and node agent over the runtime a plugin provides."""
+    from k3p.agent.components import agent_components
+    from k3p.agent.server import kubelet_server_component
+
+    runtime = ctx.plugins.hook.k3p_runtime(config=ctx.config)
+    if runtime is None:
+        log.warning("no enabled plugin provides a container runtime: this server runs no workloads",
+                    enabled=",".join(ctx.plugins.enabled()))
+        return []
+    assert ctx.pki is not None
+    pki, node = ctx.pki, ctx.node_name
+    cert, key = pki_mod.ensure_client_cert(pki, f"kubelet-{node}", f"system:node:{node}", ["system:nodes"])
+    serving_cert, serving_key = pki.tls_dir / "serving-kubelet.crt", pki.tls_dir / "serving-kubelet.key"
+    chain, serving_pem_key = pki_mod.issue_serving_pem(pki, f"system:node:{node}", [node, "localhost"],
+                                                       ["127.0.0.1", *ctx.extra.get("node_ips", [])])
+    pki_mod.write_private(serving_key, serving_pem_key)
+    pki_mod.write_private(serving_cert, chain, 0o644)
+    ca = pki.server_ca.cert_path
+
+    def new_client(user_agent: str) -> Client:
+        return Client(ctx.api_url, ca_file=ca, cert_file=cert, key_file=key, user_agent=user_agent)
+
+    port = ctx.config.get("kubelet_port")
+    found = agent_components(new_client, runtime, node, ctx.config, ctx.data_dir / "agent", server=True,
+                             node_overrides={"kubelet_port": port})
+    found.append(kubelet_server_component(runtime, node, host="0.0.0.0", port=port,
+                                          certfile=serving_cert, keyfile=serving_key,
+                                          client_ca=pki.client_ca.cert_path))
+    for batch in ctx.plugins.hook.k3p_agent_components(ctx=ctx):
+        found.extend(batch or ())
+    return found
+
+
 def components(ctx: RunContext, store: Datastore) -> list[Component]:
     found: list[Component] = [datastore_component(store), apiserver_component(ctx, store)]
     if not ctx.config.get("disable_controller_manager"):
@@ -179,6 +213,8 @@ def components(ctx: RunContext, store: Datastore) -> list[Component]:
         from k3p.scheduler import scheduler_component
 
         found.append(scheduler_component(ctx))
+    if not ctx.config.get("disable_agent"):
+        found.extend(node_components(ctx))
     for batch in ctx.plugins.hook.k3p_server_components(ctx=ctx):
         found.extend(batch or ())
     return found
@@ -195,6 +231,7 @@ async def run_server(config: Config, plugins: PluginManager) -> int:
     if stop.is_set():
         return 0
     ctx.node_name = (config.get("node_name") or socket.gethostname()).lower()
+    ctx.extra["node_ips"] = node_ips
     attach_clients(ctx)
     store = select_datastore(config, plugins)
     ctx.datastore = store

@@ -8,7 +8,9 @@ import socket
 from pathlib import Path
 
 import structlog
+from k3p import pki as pki_mod
 from k3p.agent.join import NodeCredentials, join
+from k3p.agent.runtime import Runtime
 from k3p.client import Client
 from k3p.config import Config, ConfigError
 from k3p.context import RunContext
@@ -43,19 +45,35 @@ def node_names(config: Config) -> list[str]:
     count = config.get("simulate") or 0
     if count < 0:
         raise ConfigError("invalid value for simulate: must be 0 or more")
-    return [base] if count == 0 else [f"{base}-sim-{i}" for i in range(count)]
+    return [base] if count == 0 else [f"{base}-{i}" for i in range(count)]
 
 
-async def node_components(config: Config, plugins: PluginManager, name: str, creds: NodeCredentials,
-                          folder: Path) -> list[Component]:
-    from k3p.agent.components import agent_components
-
+def runtime_for(config: Config, plugins: PluginManager) -> Runtime:
     runtime = plugins.hook.k3p_runtime(config=config)
     if runtime is None:
         what = "simulated nodes" if config.get("simulate") else "containers"
         raise ConfigError(f"no enabled plugin provides a container runtime for {what} "
                           f"(enabled: {', '.join(plugins.enabled()) or 'none'})")
-    return agent_components(client_factory(creds), runtime, name, config, folder)
+    return runtime
+
+
+async def node_components(config: Config, plugins: PluginManager, name: str, creds: NodeCredentials,
+                          folder: Path, *, simulated: bool) -> list[Component]:
+    from k3p.agent.components import agent_components
+    from k3p.agent.server import kubelet_server_component
+    from k3p.testing.process import free_port
+
+    runtime = runtime_for(config, plugins)
+    # Hollow nodes share this host: each gets its own kubelet port on loopback.
+    host, port = ("127.0.0.1", free_port()) if simulated else ("0.0.0.0", config.get("kubelet_port"))
+    overrides = {"kubelet_port": port, **({"node_ip": "127.0.0.1"} if simulated else {})}
+    assert creds.serving_cert_file and creds.serving_key_file and creds.client_ca_file
+    return [
+        *agent_components(client_factory(creds), runtime, name, config, folder, cluster=creds.cluster,
+                          node_overrides=overrides),
+        kubelet_server_component(runtime, name, host=host, port=port, certfile=creds.serving_cert_file,
+                                 keyfile=creds.serving_key_file, client_ca=creds.client_ca_file),
+    ]
 
 
 async def run_agent(config: Config, plugins: PluginManager) -> int:
@@ -72,10 +90,12 @@ async def run_agent(config: Config, plugins: PluginManager) -> int:
     components: list[Component] = []
     first: NodeCredentials | None = None
     for i, name in enumerate(names):
-        creds = await join(server, token, name, data_dir / "credentials")
+        simulated = bool(config.get("simulate"))
+        addresses = [config.get("node_ip")] if config.get("node_ip") else pki_mod.host_addresses()
+        creds = await join(server, token, name, data_dir / "credentials", ["127.0.0.1", *addresses])
         first = first or creds
-        folder = data_dir if len(names) == 1 else data_dir / "simulated" / name
-        components += await node_components(config, plugins, name, creds, folder)
+        folder = data_dir / "simulated" / name if simulated else data_dir
+        components += await node_components(config, plugins, name, creds, folder, simulated=simulated)
         if len(names) > 1 and (i + 1) % 10 == 0:
             log.info("joining simulated nodes", joined=i + 1, total=len(names))
     assert first is not None

@@ -180,7 +180,13 @@ class RuntimeError_(Exception):
 
 @runtime_checkable
 class Runtime(Protocol):
-    """A container runtime as the kubelet drives it. All methods are coroutines."""
+    """A container runtime as the kubelet drives it. All methods are coroutines.
+
+    Two optional attributes let a runtime that runs nothing (simulated nodes) say so:
+    ``runs_workloads = False`` (no hostPath directories are created and network probes
+    are not made) and ``node_capacity`` (a dict such as ``{"cpu": "4", "memory": "8Gi"}``
+    that the node reports instead of the host's).
+    """
 
     #: e.g. "containerd" (shown as containerd://VERSION in `kubectl get nodes -o wide`)
     name: str
@@ -193,6 +199,9 @@ class Runtime(Protocol):
 
     async def version(self) -> str:
         """The runtime's version, e.g. "1.6.20"."""
+
+    async def update_runtime_config(self, pod_cidr: str) -> None:
+        """The node's podCIDR, once known or when it changes (CRI's UpdateRuntimeConfig)."""
 
     # sandboxes
     async def run_pod_sandbox(self, config: SandboxConfig, runtime_handler: str = "") -> str: ...

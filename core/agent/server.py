@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -18,6 +19,7 @@ from k3p.agent.runtime import (
     ContainerStatus,
     Runtime,
 )
+from k3p.supervisor import Component, Ready, TaskComponent
 
 ALLOWED_USERS = {"system:kube-apiserver"}
 ALLOWED_GROUPS = {"system:masters"}
@@ -119,3 +121,18 @@ def kubelet_app(runtime: Runtime, node_name: str) -> FastAPI:
         return StreamingResponse(stream, media_type="text/plain")
 
     return app
+
+
+def kubelet_server_component(runtime: Runtime, node_name: str, *, host: str, port: int, certfile: Path,
+                             keyfile: Path, client_ca: Path) -> Component:
+    """The kubelet endpoint of one node as a component (``kubelet-api-<node>``)."""
+    from k3p.apiserver.auth import CertHttpToolsProtocol
+    from k3p.apiserver.listener import serve_https
+
+    app = kubelet_app(runtime, node_name)
+
+    async def run(ready: Ready) -> None:
+        await serve_https(app, host=host, port=port, certfile=certfile, keyfile=keyfile, client_ca=client_ca,
+                          ready=ready, http=CertHttpToolsProtocol)
+
+    return TaskComponent(f"kubelet-api-{node_name}", run)

@@ -117,7 +117,9 @@ class Client:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.AsyncClient(
             base_url=self.base_url, verify=ctx, headers=headers, timeout=timeout,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            # Keep connections well past the 10 s lease renewals so they are not re-handshaked.
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                                keepalive_expiry=60),
         )
 
     @classmethod

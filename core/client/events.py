@@ -24,6 +24,8 @@ class EventRecorder:
         self.client = client
         self.component = component
         self.host = host
+        #: repeats seen per event name (kube's recorder also counts locally: nodes may not read events)
+        self._counts: dict[str, int] = {}
 
     async def emit(self, obj: Obj, type_: str, reason: str, message: str) -> None:
         """Record ``reason``/``message`` (type Normal or Warning) about ``obj``; never raises."""
@@ -51,8 +53,10 @@ class EventRecorder:
             except ApiError as e:
                 if not e.already_exists:
                     raise
-                current = await self.client.get(EVENTS, name, namespace)
-                await self.client.patch(EVENTS, name, {"count": int(current.get("count") or 1) + 1,
-                                                       "lastTimestamp": now}, namespace)
+                count = self._counts.get(name, 1) + 1
+                self._counts[name] = count
+                if len(self._counts) > 4096:
+                    self._counts.clear()
+                await self.client.patch(EVENTS, name, {"count": count, "lastTimestamp": now}, namespace)
         except Exception as e:  # events are best effort: never fail the caller's work
             log.debug("event not recorded", reason=reason, error=str(e))

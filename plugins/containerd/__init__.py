@@ -55,7 +55,7 @@ def settings_from_config(config: Config, data_dir: str | Path | None = None) -> 
 def k3p_agent_components(ctx: RunContext) -> list[Component]:
     """containerd as a child process, unless an external runtime or simulated nodes are used."""
     config = ctx.config
-    if config.get("container_runtime_endpoint") or config.get("simulate"):
+    if config.get("container_runtime_endpoint") or (config.get("simulate") or config.get("simulate_runtime")):
         return []
     from k3p_plugins.containerd.process import containerd_component
 
@@ -65,7 +65,7 @@ def k3p_agent_components(ctx: RunContext) -> list[Component]:
 @hookimpl
 def k3p_runtime(config: Config) -> ContainerdRuntime | None:
     """The CRI runtime for a real node (None for simulated nodes: another plugin serves those)."""
-    if config.get("simulate"):
+    if (config.get("simulate") or config.get("simulate_runtime")):
         return None
     from k3p_plugins.containerd.runtime import ContainerdRuntime
 
@@ -82,7 +82,7 @@ def k3p_runtime(config: Config) -> ContainerdRuntime | None:
 @hookimpl
 def k3p_check_config(config: Config, report: CheckReport) -> None:
     """containerd, runc, ctr, the CNI plugins and busybox (for the pause image)."""
-    if config.get("simulate"):
+    if (config.get("simulate") or config.get("simulate_runtime")):
         return
     external = config.get("container_runtime_endpoint")
     needed = ["ctr"] if external else ["containerd", "containerd-shim-runc-v2", "runc", "ctr"]
