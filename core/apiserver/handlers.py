@@ -222,6 +222,11 @@ class ResourceHandlers:
         item = await self._current(rt, attrs.namespace or None, attrs.name)
         return self._output(rt, item.obj)
 
+    async def get_raw(self, rt: ResourceType, attrs: RequestAttributes) -> bytes:
+        """The object as JSON bytes: the cache's own serialization when the versions match."""
+        item = await self._current(rt, attrs.namespace or None, attrs.name)
+        return self._raw(rt, item)
+
     async def list(self, request: Request, rt: ResourceType, attrs: RequestAttributes, query: dict[str, str],
                    as_table: bool = False, include_object: str = "Metadata") -> Response:
         listing = parse_listing(query)
@@ -375,13 +380,28 @@ class ResourceHandlers:
                 if bookmarks and rv_param in ("", "0"):
                     pass
                 while True:
+                    # Send everything already queued in one chunk; wait only when nothing is.
+                    lines = []
+                    ended = False
+                    while not watcher.queue.empty():
+                        ev = watcher.queue.get_nowait()
+                        if ev is None:
+                            ended = True
+                            break
+                        lines.append(ev.line(render, key))
+                    if lines:
+                        yield b"".join(lines)
+                    if ended:
+                        return
                     wait = 30.0 if bookmarks else 300.0
                     if deadline is not None:
                         wait = min(wait, deadline - time.monotonic())
                         if wait <= 0:
                             return
                     try:
-                        ev = await asyncio.wait_for(watcher.next(), wait)
+                        # asyncio.timeout, unlike wait_for, makes no task per event
+                        async with asyncio.timeout(wait):
+                            ev = await watcher.next()
                     except TimeoutError:
                         if bookmarks:
                             yield self._bookmark(rt, self.cache.revision)

@@ -58,10 +58,12 @@ def pid_alive(pid: int) -> bool:
 
 
 class K3pServer:
-    """A ``k3p server`` subprocess with its own data dir, config file and free port.
+    """A ``k3p server`` subprocess with its own data dir, config file and free ports.
 
     Nothing is read from or written to the host's /etc/rancher or /var/lib/rancher: the
-    config file, data dir and kubeconfig all live under ``workdir``.
+    config file, data dir and kubeconfig all live under ``workdir``. Without ``agent`` the
+    server runs no node of its own (``--disable-agent``: no container runtime starts);
+    with it, the node's kubelet gets a free port too.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class K3pServer:
         config: str = "",
         env: dict[str, str] | None = None,
         port: int | None = None,
+        agent: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +84,10 @@ class K3pServer:
             self.config_file.write_text(config)
         self.port = port or free_port()
         self.args = list(args)
+        if not agent and "--disable-agent" not in self.args:
+            self.args.append("--disable-agent")
+        if agent and "--kubelet-port" not in self.args:
+            self.args += ["--kubelet-port", str(free_port())]
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "k3p.log"

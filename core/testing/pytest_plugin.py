@@ -17,14 +17,16 @@ _ISOLATED_GROUP = "k3p.plugins.isolated"
 def k3p_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., K3pServer]]:
     """Start ``k3p server`` processes: ``factory(args=["--disable", "x"], config="...")``.
 
-    Each gets its own temp dir, data dir and free port, and is stopped (with anything it
-    started) at the end of the test.
+    Each gets its own temp dir, data dir and free ports, and is stopped (with anything it
+    started) at the end of the test. ``agent=True`` also runs the server's own node (a
+    container runtime plugin must be enabled).
     """
     started: list[K3pServer] = []
 
     def factory(args: Sequence[str] = (), config: str = "", wait: bool = True,
-                env: dict[str, str] | None = None, workdir: Path | None = None) -> K3pServer:
-        server = K3pServer(workdir or tmp_path_factory.mktemp("k3p"), args=args, config=config, env=env)
+                env: dict[str, str] | None = None, workdir: Path | None = None, agent: bool = False) -> K3pServer:
+        server = K3pServer(workdir or tmp_path_factory.mktemp("k3p"), args=args, config=config, env=env,
+                           agent=agent)
         started.append(server)
         return server.start(wait=wait)
 
