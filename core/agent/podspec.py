@@ -17,7 +17,6 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from k3p.agent.runtime import (
@@ -34,6 +33,7 @@ from k3p.agent.runtime import (
     SandboxConfig,
     Security,
 )
+from k3p.quantity import milli_value, parse_quantity
 
 Obj = dict[str, Any]
 
@@ -48,40 +48,15 @@ MIN_SHARES = 2
 QUOTA_PERIOD = 100_000
 MIN_QUOTA_PERIOD = 1000
 
-_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
-            "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12),
-            "P": Decimal(10**15), "E": Decimal(10**18)}
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|)$")
 
 
 class ConfigError(Exception):
     """A container cannot be configured (missing ConfigMap/Secret or key): kube's CreateContainerConfigError."""
 
 
-def parse_quantity(value: Any) -> Decimal:
-    """A Kubernetes resource quantity ("100m", "1.5Gi", "2", 3) as a Decimal."""
-    if isinstance(value, int | float):
-        return Decimal(str(value))
-    text = str(value).strip()
-    m = _QUANTITY.match(text)
-    if not m:
-        raise ValueError(f"invalid quantity {value!r}")
-    number, suffix = m.groups()
-    try:
-        base = Decimal(number)
-    except InvalidOperation:
-        raise ValueError(f"invalid quantity {value!r}") from None
-    if suffix in _BINARY:
-        return base * _BINARY[suffix]
-    if suffix[:1] in ("e", "E"):
-        return base * (Decimal(10) ** int(suffix[1:]))
-    return base * _DECIMAL[suffix]
-
-
 def milli_cpu(value: Any) -> int:
     """CPU quantity in millicores, rounded up as kube does."""
-    return math.ceil(parse_quantity(value) * 1000)
+    return milli_value(value)
 
 
 # --- small helpers over the pod dict -------------------------------------------------------
@@ -212,8 +187,8 @@ def resource_field_value(container: Mapping[str, Any], resource: str, divisor: A
         raw = (res.get("limits") or {}).get(name)  # requests default to limits
     if raw is None and kind == "limits":
         raw = (allocatable or {}).get(name)
-    value = parse_quantity(raw) if raw is not None else Decimal(0)
-    div = parse_quantity(divisor) if divisor not in (None, "", 0, "0") else Decimal(1)
+    value = parse_quantity(raw) if raw is not None else 0
+    div = parse_quantity(divisor) if divisor not in (None, "", 0, "0") else 1
     if div <= 0:
         raise ConfigError(f"invalid divisor {divisor!r}")
     return str(math.ceil(value / div))

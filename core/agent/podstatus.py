@@ -16,6 +16,7 @@ from typing import Any
 
 from k3p.agent import podspec
 from k3p.agent.runtime import ANNOTATION_RESTART_COUNT, ContainerState, ContainerStatus, SandboxState, SandboxStatus
+from k3p.quantity import parse_quantity
 
 Obj = dict[str, Any]
 
@@ -65,7 +66,7 @@ def qos_class(spec: Mapping[str, Any]) -> str:
         if any(r in req or r in lim for r in ("cpu", "memory")):
             any_set = True
         for r in ("cpu", "memory"):
-            if r not in lim or (r in req and podspec.parse_quantity(req[r]) != podspec.parse_quantity(lim[r])):
+            if r not in lim or (r in req and parse_quantity(req[r]) != parse_quantity(lim[r])):
                 guaranteed = False
     if not any_set:
         return "BestEffort"

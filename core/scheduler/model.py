@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from k3p.scheduler.quantity import QuantityError, milli_value, value
+from k3p.quantity import QuantityError, milli_value, value
 from k3p.selectors import LabelRequirement, LabelSelector, SelectorError, label_selector_from_dict
 
 Obj = dict[str, Any]

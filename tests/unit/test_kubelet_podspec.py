@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from decimal import Decimal
 
 import pytest
 from k3p.agent import podspec
@@ -24,19 +23,6 @@ def pod(**spec) -> dict:
     return {"metadata": {"name": "web-1", "namespace": "shop", "uid": "u-1", "labels": {"app": "web", "tier": "fe"},
                          "annotations": {"note": 'say "hi"'}},
             "spec": {"nodeName": "n1", "serviceAccountName": "sa1", **base}}
-
-
-@pytest.mark.parametrize(("text", "value"), [
-    ("100m", Decimal("0.1")), ("2", Decimal(2)), ("1.5Gi", Decimal(1.5 * 2**30)), ("64Mi", Decimal(64 * 2**20)),
-    ("1k", Decimal(1000)), ("1e3", Decimal(1000)), (3, Decimal(3)), ("500u", Decimal("0.0005")),
-])
-def test_parse_quantity(text, value) -> None:
-    assert podspec.parse_quantity(text) == value
-
-
-def test_parse_quantity_rejects_garbage() -> None:
-    with pytest.raises(ValueError):
-        podspec.parse_quantity("12xyz")
 
 
 def test_expand_follows_kube_rules() -> None:

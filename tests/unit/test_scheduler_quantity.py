@@ -5,8 +5,8 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
+from k3p.quantity import QuantityError, milli_value, parse_quantity, value
 from k3p.scheduler.model import DEFAULT_MEMORY_REQUEST, DEFAULT_MILLI_CPU_REQUEST, Resources, pod_requests
-from k3p.scheduler.quantity import QuantityError, milli_value, parse_quantity, value
 
 
 @pytest.mark.parametrize(("text", "expected"), [
