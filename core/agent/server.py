@@ -1,4 +1,5 @@
-"""The kubelet's own HTTPS endpoint (port 10250): what the API server proxies ``pods/log`` to.
+"""The kubelet's own HTTPS endpoint (port 10250): what the API server proxies ``pods/log``,
+``pods/exec``, ``pods/attach`` and ``pods/portforward`` to (the streams: :mod:`k3p.agent.streaming`).
 
 Only the API server may call it: requests must carry a client certificate from the
 cluster's client CA whose user is ``system:kube-apiserver`` or in ``system:masters``.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -19,6 +21,7 @@ from k3p.agent.runtime import (
     ContainerStatus,
     Runtime,
 )
+from k3p.agent.streaming import KubeletStreams
 from k3p.supervisor import Component, Ready, TaskComponent
 
 ALLOWED_USERS = {"system:kube-apiserver"}
@@ -83,9 +86,17 @@ async def container_log(runtime: Runtime, status: ContainerStatus, *, follow: bo
 def kubelet_app(runtime: Runtime, node_name: str) -> FastAPI:
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
-    def allowed(request: Request) -> bool:
-        user = request.scope.get("extensions", {}).get("k3p.client_cert_user")
+    def allowed_scope(scope: dict[str, Any]) -> bool:
+        user = scope.get("extensions", {}).get("k3p.client_cert_user")
         return user is not None and (user.name in ALLOWED_USERS or bool(set(user.groups) & ALLOWED_GROUPS))
+
+    def allowed(request: Request) -> bool:
+        return allowed_scope(request.scope)
+
+    streams = KubeletStreams(runtime, allowed_scope)
+    app.router.add_websocket_route("/exec/{namespace}/{pod}/{container}", streams.exec)
+    app.router.add_websocket_route("/attach/{namespace}/{pod}/{container}", streams.attach)
+    app.router.add_websocket_route("/portForward/{namespace}/{pod}", streams.port_forward)
 
     @app.get("/healthz")
     async def healthz() -> PlainTextResponse:
@@ -126,13 +137,13 @@ def kubelet_app(runtime: Runtime, node_name: str) -> FastAPI:
 def kubelet_server_component(runtime: Runtime, node_name: str, *, host: str, port: int, certfile: Path,
                              keyfile: Path, client_ca: Path) -> Component:
     """The kubelet endpoint of one node as a component (``kubelet-api-<node>``)."""
-    from k3p.apiserver.auth import CertHttpToolsProtocol
+    from k3p.apiserver.auth import CertHttpToolsProtocol, CertWebSocketProtocol
     from k3p.apiserver.listener import serve_https
 
     app = kubelet_app(runtime, node_name)
 
     async def run(ready: Ready) -> None:
         await serve_https(app, host=host, port=port, certfile=certfile, keyfile=keyfile, client_ca=client_ca,
-                          ready=ready, http=CertHttpToolsProtocol)
+                          ready=ready, http=CertHttpToolsProtocol, ws=CertWebSocketProtocol)
 
     return TaskComponent(f"kubelet-api-{node_name}", run)

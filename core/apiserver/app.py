@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import datetime as dt
 import gc
 from collections.abc import Callable
@@ -16,12 +17,12 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI
-from k3p.apiserver import bodies, bootstrap_policy, crd, discovery, protobuf, strategy, tables
+from k3p.apiserver import bodies, bootstrap_policy, crd, discovery, protobuf, strategy, streaming, tables
 from k3p.apiserver.allocators import ServiceAllocator
 from k3p.apiserver.auth import ANONYMOUS, Authenticator
 from k3p.apiserver.errors import APIError, bad_request, invalid, method_not_allowed
 from k3p.apiserver.handlers import ResourceHandlers
-from k3p.apiserver.node_proxy import KubeletProxy
+from k3p.apiserver.node_proxy import KubeletProxy, pod_container
 from k3p.apiserver.openapi import OpenAPIV3
 from k3p.apiserver.rbac import RBACAuthorizer, forbidden_status
 from k3p.apiserver.registry import Registry, ResourceType, builtin_registry
@@ -31,6 +32,7 @@ from k3p.apiserver.watchcache import WatchCache, encode
 from k3p.storage import Datastore
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.websockets import WebSocket
 
 log = structlog.get_logger(__name__)
 Obj = dict[str, Any]
@@ -118,6 +120,8 @@ class APIServer:
         )
         self._crd_versions: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        #: why recent WebSocket streams failed, told to the SPDY retry kubectl makes right after
+        self._stream_failures = streaming.RecentFailures()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -343,6 +347,8 @@ class APIServer:
         app.add_route("/apis", self.handle, methods=methods)
         app.add_route("/api/{rest:path}", self.handle, methods=methods)
         app.add_route("/apis/{rest:path}", self.handle, methods=methods)
+        app.router.add_websocket_route("/api/{rest:path}", self.handle_websocket)
+        app.router.add_websocket_route("/apis/{rest:path}", self.handle_websocket)
         app.add_route("/openapi/v3", self.handle_openapi, methods=["GET"])
         app.add_route("/openapi/v3/{rest:path}", self.handle_openapi, methods=["GET"])
 
@@ -452,7 +458,9 @@ class APIServer:
             return await self._scale(request, rt, attrs, query, raw)
         if sub == "log" and verb == "get":
             return await self._pod_log(rt, attrs, query)
-        if sub in ("log", "exec", "attach", "portforward", "proxy", "ephemeralcontainers"):
+        if sub in streaming.STREAM_SUBRESOURCES:
+            return await self._pod_stream_without_websocket(rt, attrs, query)
+        if sub in ("log", "proxy", "ephemeralcontainers"):
             raise APIError(503, f"pods/{sub} needs the pod's node agent, which this cluster does not run yet",
                            "ServiceUnavailable")
         if sub == "token":
@@ -592,6 +600,87 @@ class APIServer:
             raise APIError(503, f'node "{node_name}" of pod "{attrs.name}" is gone', "ServiceUnavailable")
         return await self.kubelets.logs(node.obj, pod, query)
 
+    # --- pods/exec, pods/attach, pods/portforward ----------------------------------------------
+
+    async def handle_websocket(self, websocket: WebSocket) -> None:
+        """WebSocket upgrades: pods/exec, pods/attach and pods/portforward, relayed to the pod's kubelet."""
+        try:
+            upstream, protocol = await self._open_pod_stream(websocket)
+        except _Refused as e:
+            await websocket.send_denial_response(e.response)
+            return
+        except Exception as e:
+            log.exception("stream failed", path=websocket.url.path)
+            error = APIError(500, f"Internal error occurred: {type(e).__name__}: {e}")
+            await websocket.send_denial_response(bodies.status_response(error))
+            return
+        await websocket.accept(subprotocol=protocol or None)
+        await streaming.relay(websocket, upstream)
+
+    async def _open_pod_stream(self, websocket: WebSocket) -> tuple[Any, str]:
+        token, offered = streaming.bearer_token_from_protocols(list(websocket.scope.get("subprotocols") or []))
+        authorization = websocket.headers.get("authorization") or (f"Bearer {token}" if token else None)
+        try:
+            user = self.authn.authenticate(websocket.scope, authorization)
+        except PermissionError:
+            user = None
+        if user is None:
+            raise _Refused(bodies.status_response(APIError(401, "Unauthorized", "Unauthorized")))
+        path = websocket.url.path.rstrip("/")
+        query = websocket.query_params.multi_items()
+        try:
+            attrs = request_attributes("GET", path, dict(query), user)
+        except RequestInfoError as e:
+            raise _Refused(bodies.status_response(APIError(404, str(e) or "not found", "NotFound"))) from None
+        # A GET that upgrades runs commands: since kube 1.31 it needs "create" too, like the POST.
+        for wanted in (attrs, dataclasses.replace(attrs, verb="create")):
+            decision = self.authz.authorize(wanted)
+            if not decision.allowed:
+                raise _Refused(bodies.json_response(forbidden_status(wanted, decision.reason), 403))
+        sub = attrs.subresource
+        if (attrs.api_group, attrs.resource) != ("", "pods") or sub not in streaming.STREAM_SUBRESOURCES \
+                or not attrs.name:
+            raise _Refused(bodies.status_response(APIError(
+                400, f"{path} does not speak WebSocket: only pods/exec, pods/attach and pods/portforward do")))
+        key = (user.name, attrs.namespace, attrs.name, sub)
+        try:
+            protocol = streaming.negotiate(offered, streaming.protocols_for(sub))
+            if protocol is None:
+                raise bad_request(f"none of the requested WebSocket protocols [{', '.join(offered)}] is supported "
+                                  f"for pods/{sub}; supported: "
+                                  f"{', '.join(p for p in streaming.protocols_for(sub) if p)}")
+            rt = self.registry.get("", "v1", "pods")
+            pod = (await self.handlers._current(rt, attrs.namespace, attrs.name)).obj
+            node = self._stream_node(pod, attrs.name)
+            if self.kubelets is None:
+                raise APIError(503, "this API server cannot reach kubelets", "ServiceUnavailable")
+            upstream = await self.kubelets.open_stream(node, pod, sub, query, protocol)
+        except APIError as e:
+            self._stream_failures.remember(key, e)
+            raise _Refused(bodies.status_response(e)) from None
+        return upstream, protocol
+
+    def _stream_node(self, pod: Obj, name: str) -> Obj:
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        if not node_name:
+            raise bad_request(f'pod "{name}" is not running on a node yet')
+        nodes = self.registry.get("", "v1", "nodes")
+        node = self.cache.get(nodes.key_prefix(None), nodes.storage_key(None, node_name))
+        if node is None:
+            raise APIError(503, f'node "{node_name}" of pod "{name}" is gone', "ServiceUnavailable")
+        return node.obj
+
+    async def _pod_stream_without_websocket(self, rt: ResourceType, attrs: RequestAttributes,
+                                            query: dict[str, str]) -> Response:
+        """A SPDY (or plain) request for a stream: the same checks, then why it cannot be served."""
+        earlier = self._stream_failures.pop((attrs.user.name, attrs.namespace, attrs.name, attrs.subresource))
+        pod = (await self.handlers._current(rt, attrs.namespace, attrs.name)).obj
+        if attrs.subresource != "portforward":
+            pod_container(pod, query.get("container"))
+        if earlier is not None:
+            raise earlier
+        raise bad_request(streaming.SPDY_UNSUPPORTED.format(sub=attrs.subresource))
+
     async def _token_request(self, request: Request, rt: ResourceType, attrs: RequestAttributes,
                              raw: bytes) -> Response:
         """TokenRequest: a signed, expiring token for a service account (``serviceaccounts/token``)."""
@@ -647,3 +736,10 @@ class APIServer:
                 if found else {"authenticated": False, "error": "invalid bearer token"}
         return bodies.json_response(out, 201)
 
+
+class _Refused(Exception):
+    """A WebSocket upgrade answered with an HTTP response instead."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response

@@ -18,6 +18,7 @@ from joserfc.jwk import ECKey
 from k3p.apiserver.request_info import UserInfo
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 ANONYMOUS = UserInfo("system:anonymous", ("system:unauthenticated",))
 ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -64,6 +65,29 @@ class CertH11Protocol(_PeerCertMixin, H11Protocol):
     def handle_events(self) -> None:
         # h11 builds the scope while handling events; stamp right after each build.
         super().handle_events()
+        self._stamp()
+
+
+class CertWebSocketProtocol(_PeerCertMixin, WebSocketsSansIOProtocol):
+    """The protocol a connection switches to on a WebSocket upgrade: the same user in its scope.
+
+    uvicorn hands the TLS transport over to a new protocol object that builds a scope of
+    its own, so the client certificate is read again from that transport.
+    """
+
+    def handle_connect(self, event: Any) -> None:
+        # Kubernetes names subprotocols like "SPDY/3.1+portforward.k8s.io": not the RFC 7230
+        # tokens websockets insists on. The app picks the subprotocol and uvicorn writes it
+        # into the response itself, so websockets need not see the offer at all.
+        offered = [p.strip() for value in event.headers.get_all("Sec-WebSocket-Protocol")
+                   for p in value.split(",") if p.strip()]
+        if offered:
+            del event.headers["Sec-WebSocket-Protocol"]
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["subprotocols"] = offered
+        # the app task was only scheduled: it sees the scope with the user in it
         self._stamp()
 
 

@@ -31,12 +31,18 @@ async def serve_https(
     client_ca: Path | None,
     ready: Ready,
     http: Any = "auto",
+    ws: Any = None,
 ) -> None:
     """Serve ``app`` until cancelled; ``ready()`` once the socket accepts connections.
 
     With ``client_ca``, clients may present a certificate signed by it (optional, so
-    bearer tokens and anonymous probes still work); the app reads it from the scope.
+    bearer tokens and anonymous probes still work); the app reads it from the scope, for
+    WebSocket requests too (``ws`` defaults to a protocol that puts it there).
     """
+    if ws is None:
+        from k3p.apiserver.auth import CertWebSocketProtocol
+
+        ws = CertWebSocketProtocol if client_ca else "auto"
     config = uvicorn.Config(
         app,
         host=host,
@@ -52,6 +58,9 @@ async def serve_https(
         timeout_keep_alive=90,
         loop="none",
         http=http,
+        ws=ws,
+        # kubectl's messages carry at most 32 KiB; deflate would only cost CPU on streams
+        ws_per_message_deflate=False,
     )
     server = _EmbeddedServer(config)
     task = None

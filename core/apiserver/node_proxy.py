@@ -1,15 +1,20 @@
-"""Reaching a node's kubelet from the API server, for ``pods/log`` (and later exec/attach/port-forward)."""
+"""Reaching a node's kubelet from the API server: ``pods/log`` over HTTPS, ``pods/exec``,
+``pods/attach`` and ``pods/portforward`` over WebSocket (see :mod:`k3p.apiserver.streaming`)."""
 
 from __future__ import annotations
 
+import json
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
+import websockets
+from k3p.apiserver import streaming
 from k3p.apiserver.errors import APIError, bad_request
 from starlette.responses import Response, StreamingResponse
+from websockets.asyncio.client import ClientConnection
 
 DEFAULT_KUBELET_PORT = 10250
 LOG_PARAMS = ("container", "follow", "previous", "sinceSeconds", "sinceTime", "timestamps", "tailLines",
@@ -28,12 +33,30 @@ def kubelet_address(node: Mapping[str, Any]) -> tuple[str, int]:
     return host, int(port)
 
 
+def pod_container(pod: Mapping[str, Any], container: str | None) -> str:
+    """The container a request is for: the one named, or the pod's only one (400 otherwise)."""
+    meta = pod["metadata"]
+    spec = pod.get("spec") or {}
+    containers = [c["name"] for c in spec.get("containers") or []]
+    if not container:
+        if len(containers) != 1:
+            raise bad_request(f"a container name must be specified for pod {meta['name']}, choose one of: "
+                              f"[{' '.join(containers)}]")
+        return containers[0]
+    known = containers + [c["name"] for key in ("initContainers", "ephemeralContainers")
+                          for c in spec.get(key) or []]
+    if container not in known:
+        raise bad_request(f"container {container} is not valid for pod {meta['name']}")
+    return container
+
+
 class KubeletProxy:
     """HTTPS to kubelets with the API server's kubelet-client certificate, verifying their serving certs."""
 
     def __init__(self, ca_file: Path, cert_file: Path, key_file: Path) -> None:
         ctx = ssl.create_default_context(cafile=str(ca_file))
         ctx.load_cert_chain(str(cert_file), str(key_file))
+        self._ssl = ctx
         self._http = httpx.AsyncClient(verify=ctx, timeout=httpx.Timeout(10.0, read=None))
 
     async def close(self) -> None:
@@ -41,16 +64,7 @@ class KubeletProxy:
 
     async def logs(self, node: Mapping[str, Any], pod: Mapping[str, Any], query: Mapping[str, str]) -> Response:
         meta = pod["metadata"]
-        containers = [c["name"] for c in (pod.get("spec") or {}).get("containers") or []]
-        container = query.get("container")
-        if not container:
-            if len(containers) != 1:
-                raise bad_request(f"a container name must be specified for pod {meta['name']}, choose one of: "
-                                  f"[{' '.join(containers)}]")
-            container = containers[0]
-        known = containers + [c["name"] for c in (pod.get("spec") or {}).get("initContainers") or []]
-        if container not in known:
-            raise bad_request(f"container {container} is not valid for pod {meta['name']}")
+        container = pod_container(pod, query.get("container"))
         host, port = kubelet_address(node)
         params = {k: v for k, v in query.items() if k in LOG_PARAMS and k != "container"}
         url = f"https://{host}:{port}/containerLogs/{meta['namespace']}/{meta['name']}/{container}"
@@ -73,3 +87,42 @@ class KubeletProxy:
                 await upstream.aclose()
 
         return StreamingResponse(relay(), media_type="text/plain")
+
+    async def open_stream(self, node: Mapping[str, Any], pod: Mapping[str, Any], subresource: str,
+                          query: Iterable[tuple[str, str]], protocol: str) -> ClientConnection:
+        """The kubelet's WebSocket for ``pods/exec|attach|portforward`` with the client's subprotocol.
+
+        Raises APIError with the kubelet's own message when it refuses (no such container,
+        a runtime that cannot stream) or cannot be reached.
+        """
+        meta = pod["metadata"]
+        items = list(query)
+        container = ""
+        if subresource != "portforward":
+            container = pod_container(pod, dict(items).get("container"))
+        try:
+            path = streaming.kubelet_path(subresource, meta["namespace"], meta["name"], container, items)
+        except ValueError as e:
+            raise bad_request(str(e)) from None
+        host, port = kubelet_address(node)
+        url = f"wss://{host}:{port}{path}"
+        try:
+            return await streaming.dial(url, protocol, self._ssl)
+        except websockets.exceptions.InvalidStatus as e:
+            raise _kubelet_refusal(e.response.status_code, e.response.body or b"") from None
+        except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as e:
+            raise APIError(502, f"cannot reach the kubelet of node {node['metadata']['name']}: {e}",
+                           "ServiceUnavailable") from None
+
+
+def _kubelet_refusal(code: int, body: bytes) -> APIError:
+    """The kubelet's refusal (a Status, or plain text) as the error the client gets."""
+    message, reason = body.decode(errors="replace").strip(), ""
+    try:
+        status = json.loads(body)
+        message, reason = status.get("message") or message, status.get("reason") or ""
+    except (ValueError, AttributeError):
+        pass
+    if code not in (400, 404):
+        code, reason = 500, ""
+    return APIError(code, message or f"the kubelet answered {code}", reason or None)
