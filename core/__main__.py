@@ -3,15 +3,23 @@
 import signal
 import sys
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
-def _stop_before_start(signum: int, _frame: object) -> None:
-    # SIGTERM while k3p is still importing: nothing has started yet, so this is a clean stop.
-    raise SystemExit(0)
+
+def hold_stop_signals() -> None:
+    """Keep SIGTERM/SIGINT pending until the event loop can act on them (see release_stop_signals)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def release_stop_signals() -> None:
+    """Deliver any SIGTERM/SIGINT that arrived during start-up to the handlers now installed."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def run() -> None:
-    # Installed before the heavier imports so that even an early SIGTERM ends with code 0.
-    signal.signal(signal.SIGTERM, _stop_before_start)
+    # Before the heavier imports: a SIGTERM during start-up waits for the event loop's handler
+    # (which stops cleanly with code 0) instead of killing the process half-way.
+    hold_stop_signals()
     from k3p.cli import main
 
     sys.exit(main())

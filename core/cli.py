@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -200,10 +199,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = COMMANDS.get(command)
     if handler is None:
         return plugin_command(command, rest)
-    from k3p.__main__ import _stop_before_start
+    from k3p.__main__ import hold_stop_signals, release_stop_signals
 
-    # Until the event loop takes over SIGTERM, it means: stop cleanly, nothing runs yet.
-    signal.signal(signal.SIGTERM, _stop_before_start)
+    if command in ("server", "agent"):
+        hold_stop_signals()  # released once their event loop handles SIGTERM (server.py, agent/run.py)
+    else:
+        release_stop_signals()
     logsetup.configure()
     try:
         return handler(rest)

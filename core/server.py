@@ -10,6 +10,7 @@ from pathlib import Path
 import structlog
 from fastapi import FastAPI
 from k3p import pki as pki_mod
+from k3p.__main__ import release_stop_signals
 from k3p.apiserver.app import APIServer
 from k3p.apiserver.auth import Authenticator, CertHttpToolsProtocol, ServiceAccountTokens
 from k3p.apiserver.health import health_router
@@ -226,6 +227,7 @@ async def run_server(config: Config, plugins: PluginManager) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    release_stop_signals()  # a SIGTERM held since start-up arrives now and stops us cleanly
     node_ips = node_addresses(config)
     ctx = prepare(config, plugins, node_ips)
     if stop.is_set():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import structlog
 from k3p import pki as pki_mod
+from k3p.__main__ import release_stop_signals
 from k3p.agent.join import NodeCredentials, join
 from k3p.agent.runtime import Runtime
 from k3p.client import Client
@@ -81,6 +82,7 @@ async def run_agent(config: Config, plugins: PluginManager) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    release_stop_signals()
     server = config.get("server")
     if not server:
         raise ConfigError("k3p agent needs --server URL (or K3P_URL)")

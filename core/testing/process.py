@@ -84,6 +84,7 @@ class K3pServer:
             self.config_file.write_text(config)
         self.port = port or free_port()
         self.args = list(args)
+        self.agent = agent
         if not agent and "--disable-agent" not in self.args:
             self.args.append("--disable-agent")
         if agent and "--kubelet-port" not in self.args:
@@ -189,7 +190,32 @@ class K3pServer:
             if pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+        if self.agent:
+            self._remove_node_leftovers()
         return self.proc.returncode
+
+    def _remove_node_leftovers(self) -> None:
+        """Containers outlive k3p by design (a restart adopts them); a test must not leave them.
+
+        Container shims re-parent to init, so they are found by the data dir in their command
+        line; then the mounts containerd made under the data dir are lazily unmounted.
+        """
+        marker = str(self.data_dir)
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmdline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(entry), signal.SIGKILL)
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1] for line in f if marker in line.split()[1]]
+        for target in sorted(mounts, reverse=True):
+            subprocess.run(["umount", "-l", target], capture_output=True)
 
     def wait_exit(self, timeout: float) -> int:
         assert self.proc is not None
