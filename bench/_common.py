@@ -1,18 +1,27 @@
-"""Helpers shared by the benchmarks: percentiles, latency summaries, CPU accounting, a banner."""
+"""Helpers shared by the benchmarks: percentiles, latency summaries, CPU and memory of processes, a banner,
+and a light HTTP client for a test server (JSON requests, watches)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import platform
 import resource
+import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from k3p.testing.process import descendants, pid_alive
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -154,3 +163,177 @@ class Progress:
 
     def __call__(self, message: str) -> None:
         print(f"[{time.perf_counter() - self.began:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+# --- processes ----------------------------------------------------------------------------
+
+
+def _status_kib(pid: int, field: str, path: str = "status") -> int | None:
+    try:
+        with open(f"/proc/{pid}/{path}") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of ``pid`` (VmRSS), or None once it is gone."""
+    kib = _status_kib(pid, "VmRSS")
+    return None if kib is None else kib * 1024
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """The highest resident set size ``pid`` has had (VmHWM), or None once it is gone."""
+    kib = _status_kib(pid, "VmHWM")
+    return None if kib is None else kib * 1024
+
+
+def pss_bytes(pid: int) -> int | None:
+    """Proportional set size of ``pid``: shared pages divided among their sharers, so sums over processes add up."""
+    kib = _status_kib(pid, "Pss", "smaps_rollup")
+    return None if kib is None else kib * 1024
+
+
+def process_name(pid: int) -> str:
+    """The kernel's short name of ``pid`` (``comm``, at most 15 characters), or "" once it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def process_cmdline(pid: int) -> list[str]:
+    """The argument vector of ``pid`` (empty for kernel threads and processes that are gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def pids_where(name: str, mentioning: str = "") -> list[int]:
+    """Live processes whose short name is ``name`` (and whose command line contains ``mentioning``)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and process_name(int(entry)) == name[:15]:
+            if not mentioning or any(mentioning in a for a in process_cmdline(int(entry))):
+                found.append(int(entry))
+    return found
+
+
+def mib(n: float | None) -> str:
+    """Bytes as MiB for a table cell ("-" when unknown)."""
+    return "-" if n is None else f"{n / 2**20:.1f}"
+
+
+# --- talking to a test server -------------------------------------------------------------
+
+
+def api_session(server: Any, connections: int = 64, timeout: float | None = None) -> aiohttp.ClientSession:
+    """An aiohttp session to a ``k3p.testing.K3pServer`` with its admin certificate.
+
+    aiohttp rather than ``k3p.client`` on the load side: it costs the measuring process
+    little CPU, which is shared with the server being measured.
+    """
+    return aiohttp.ClientSession(
+        base_url=server.url,
+        connector=aiohttp.TCPConnector(ssl=server.ssl_context(), limit=connections),
+        timeout=aiohttp.ClientTimeout(total=timeout),
+        headers={"User-Agent": "k3p-bench/1"},
+    )
+
+
+async def post_json(session: aiohttp.ClientSession, path: str, body: dict[str, Any],
+                    ok: tuple[int, ...] = (201,)) -> dict[str, Any]:
+    """POST a JSON object; the created object, or RuntimeError with the server's answer."""
+    async with session.post(path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}) as r:
+        data = await r.read()
+        if r.status not in ok:
+            raise RuntimeError(f"POST {path}: {r.status} {data[:300]!r}")
+        return json.loads(data) if data else {}
+
+
+async def get_json(session: aiohttp.ClientSession, path: str, **params: str) -> dict[str, Any]:
+    """GET a JSON object; RuntimeError unless the answer is 200."""
+    async with session.get(path, params=params or None) as r:
+        data = await r.read()
+        if r.status != 200:
+            raise RuntimeError(f"GET {path}: {r.status} {data[:300]!r}")
+        return json.loads(data)
+
+
+async def watch_events(session: aiohttp.ClientSession, path: str, resource_version: str = "",
+                       **params: str) -> AsyncIterator[dict[str, Any]]:
+    """The events of a watch on the collection at ``path`` (from ``resource_version``, or from now).
+
+    Without a resource version the collection is listed first (``limit=1``) so that no
+    event after this call is missed. Ends when the server closes the stream.
+    """
+    if not resource_version:
+        resource_version = (await get_json(session, path, limit="1", **params))["metadata"]["resourceVersion"]
+    async with session.get(path, params={**params, "watch": "true", "resourceVersion": resource_version},
+                           timeout=aiohttp.ClientTimeout(total=None)) as r:
+        if r.status != 200:
+            raise RuntimeError(f"watch {path}: {r.status} {(await r.read())[:300]!r}")
+        async for line in r.content:
+            if line.strip():
+                yield json.loads(line)
+
+
+def condition_true(obj: dict[str, Any], kind: str) -> bool:
+    """Whether ``obj.status.conditions`` holds a ``kind`` condition with status "True"."""
+    return any(c.get("type") == kind and c.get("status") == "True"
+               for c in (obj.get("status") or {}).get("conditions") or [])
+
+
+class HollowNodes:
+    """A ``k3p agent --simulate N`` subprocess joined to a test server with its token: N simulated nodes.
+
+    The nodes run the real node agent and kubelet over the simulated runtime, so pods get
+    through the whole controller -> scheduler -> kubelet path without containers.
+    """
+
+    def __init__(self, server: Any, workdir: Path, count: int, name: str = "hollow", *extra: str) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.yaml").write_text("")
+        token = (server.data_dir / "server" / "token").read_text().strip()
+        self.count = count
+        self.log_path = workdir / "agent.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("K3P_")}
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "k3p", "agent", "--config", str(workdir / "config.yaml"),
+                 "--data-dir", str(workdir / "data"), "--server", server.url, "--token", token,
+                 "--node-name", name, "--simulate", str(count), *extra],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; any child it left is killed too."""
+        kids = descendants(self.proc.pid)  # known before their parent goes and they re-parent
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pid in kids:
+            if pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+async def count_ready_nodes(session: aiohttp.ClientSession) -> int:
+    """How many Node objects have Ready=True."""
+    return sum(1 for n in (await get_json(session, "/api/v1/nodes"))["items"] if condition_true(n, "Ready"))

@@ -58,11 +58,27 @@ def runtime_for(config: Config, plugins: PluginManager) -> Runtime:
     return runtime
 
 
+_ports_taken: set[int] = set()
+
+
+def kubelet_port_for_hollow_node() -> int:
+    """A free loopback port not already given to another hollow node of this process.
+
+    The kernel may hand out a just-released port again, so the ports given out are kept.
+    """
+    from k3p.testing.process import free_port
+
+    while True:
+        port = free_port()
+        if port not in _ports_taken:
+            _ports_taken.add(port)
+            return port
+
+
 async def node_components(config: Config, plugins: PluginManager, name: str, creds: NodeCredentials,
                           folder: Path, *, simulated: bool) -> list[Component]:
     from k3p.agent.components import agent_components
     from k3p.agent.server import kubelet_server_component
-    from k3p.testing.process import free_port
 
     runtime = runtime_for(config, plugins)
     # Hollow nodes share this host: each gets its own kubelet port on loopback.
