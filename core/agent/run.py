@@ -82,7 +82,7 @@ async def node_components(config: Config, plugins: PluginManager, name: str, cre
 
     runtime = runtime_for(config, plugins)
     # Hollow nodes share this host: each gets its own kubelet port on loopback.
-    host, port = ("127.0.0.1", free_port()) if simulated else ("0.0.0.0", config.get("kubelet_port"))
+    host, port = ("127.0.0.1", kubelet_port_for_hollow_node()) if simulated else ("0.0.0.0", config.get("kubelet_port"))
     overrides = {"kubelet_port": port, **({"node_ip": "127.0.0.1"} if simulated else {})}
     assert creds.serving_cert_file and creds.serving_key_file and creds.client_ca_file
     return [
