@@ -201,6 +201,7 @@ class K3pServer:
         line; then the mounts containerd made under the data dir are lazily unmounted.
         """
         marker = str(self.data_dir)
+        shims = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
@@ -210,8 +211,11 @@ class K3pServer:
             except OSError:
                 continue
             if marker in cmdline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(entry), signal.SIGKILL)
+                shims.append(int(entry))
+        # the containers' own processes (pause, workloads) are the shims' children
+        for pid in [p for shim in shims for p in descendants(shim)] + shims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         with open("/proc/mounts") as f:
             mounts = [line.split()[1] for line in f if marker in line.split()[1]]
         for target in sorted(mounts, reverse=True):
