@@ -8,6 +8,7 @@ Objects are plain dicts (the JSON the API serves). Resources are named by
 from __future__ import annotations
 
 import json
+import shutil
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -143,14 +144,18 @@ class Client:
                 return str(target)
             return user.get(file_key) or cluster.get(file_key)
 
-        return cls(
-            cluster["server"],
-            ca_file=material("certificate-authority-data", "certificate-authority", "ca.crt"),
-            cert_file=material("client-certificate-data", "client-certificate", "client.crt"),
-            key_file=material("client-key-data", "client-key", "client.key"),
-            token=user.get("token"),
-            user_agent=user_agent,
-        )
+        try:
+            # The SSL context reads the files now; the copies of the key need not outlive that.
+            return cls(
+                cluster["server"],
+                ca_file=material("certificate-authority-data", "certificate-authority", "ca.crt"),
+                cert_file=material("client-certificate-data", "client-certificate", "client.crt"),
+                key_file=material("client-key-data", "client-key", "client.key"),
+                token=user.get("token"),
+                user_agent=user_agent,
+            )
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     async def close(self) -> None:
         await self._http.aclose()
