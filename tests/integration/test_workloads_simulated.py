@@ -55,7 +55,7 @@ class Agent:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("hollow")
-    server = K3pServer(workdir / "server", args=["--disable-agent", "--node-monitor-grace-period", "8s"]).start()
+    server = K3pServer(workdir / "server", args=["--disable-agent", "--node-monitor-grace-period", "25s"]).start()
     agents = [Agent(server, workdir / "agent", "hollow", 3)]
     try:
         wait_for(lambda: ready_nodes(server) >= 3, 60, 0.5, "3 hollow nodes Ready")
@@ -234,3 +234,31 @@ def test_server_restart_in_the_middle_of_a_rollout(cluster) -> None:
     assert len(names) == 6 and len(set(names)) == 6
     time.sleep(2)  # nothing more appears later either
     assert len(pods(server, "app=restart")) == 6
+
+
+def test_cronjob_runs_on_schedule_and_keeps_its_history_limit(cluster) -> None:
+    server, _, _ = cluster
+    kubectl(server, "apply", "-f", "-", input="""
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: tick}
+spec:
+  schedule: "* * * * *"
+  successfulJobsHistoryLimit: 1
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{name: c, image: registry.local/c:1, command: [sh, -c, "exit 0"]}]
+""")
+
+    def succeeded() -> bool:
+        status = json.loads(kubectl(server, "get", "cronjob", "tick", "-o", "json")).get("status") or {}
+        return bool(status.get("lastSuccessfulTime"))
+
+    # the first run starts at the next minute boundary
+    wait_for(succeeded, 100, 1, "the CronJob's first Job to succeed")
+    jobs = [j for j in json.loads(kubectl(server, "get", "jobs", "-o", "json"))["items"]
+            if j["metadata"]["name"].startswith("tick-")]
+    assert 1 <= len(jobs) <= 2  # the history limit keeps one finished Job (a second may be running)
