@@ -167,6 +167,8 @@ class PodWorker:
         self.image_backoff = Backoff(kubelet.config.backoff_initial, kubelet.config.backoff_max)
         self.volume_paths: dict[str, str] | None = None
         self._volumes_at = 0.0
+        #: set by the resync tick: refresh the volumes on the next sync whatever their age
+        self.volumes_due = False
         self._volume_backoff = Backoff(1.0, 120.0)
         self.last_written: Obj | None = None
         self._written_rv = 0
@@ -323,8 +325,10 @@ class PodWorker:
 
     async def _ensure_volumes(self, pod: Obj, sandboxes: list[SandboxStatus]) -> bool:
         now = time.time()
-        if self.volume_paths is not None and now - self._volumes_at < self.k.config.resync_period:
+        if self.volume_paths is not None and not self.volumes_due \
+                and now - self._volumes_at < self.k.config.resync_period:
             return True
+        self.volumes_due = False
         if self.volume_paths is None and self._volume_backoff.in_backoff_since("volumes", self._volumes_at):
             return False
         try:
@@ -945,6 +949,9 @@ class Kubelet:
         while True:
             await asyncio.sleep(self.config.resync_period)
             for worker in list(self.workers.values()):
+                # the tick is not aligned with each pod's last refresh: an age check alone would
+                # skip every other tick and let a refresh take up to twice the period
+                worker.volumes_due = True
                 worker.kick()
 
     # --- running ----------------------------------------------------------------------------

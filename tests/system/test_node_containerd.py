@@ -1,0 +1,285 @@
+"""The real node end to end: `k3p server` running its own containerd node.
+
+One server for the module. The busybox image is built on the spot and put into the node's
+airgap images folder before start. Covered: pods outlive a kill -9 of k3p and are adopted
+by the restarted kubelet; configMap and secret volumes and env (and their refresh); memory
+limits in the container's cgroup; graceful deletion leaves no sandbox nor network namespace.
+
+The teardown deletes the pods, stops the server (which kills the shims it finds and
+unmounts what containerd mounted under the data dir), then removes what else is left of
+this run: runc state, network namespaces, CNI state, the bridge if this run made it, and
+the temp dir. These helpers are a small copy of those in test_streaming_containerd.py:
+test modules are not importable from a shared place.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from k3p import ocibuild
+from k3p.testing import K3pServer
+from k3p_plugins.containerd.paths import ContainerdPaths
+
+IMAGE = "docker.io/library/busybox:1.35"
+PAGE = b"<h1>k3p node</h1>\n"
+BRIDGE = "cni0"
+MiB = 1024 * 1024
+
+
+def _missing() -> str:
+    if os.geteuid() != 0:
+        return "needs root"
+    for binary in ("containerd", "containerd-shim-runc-v2", "runc", "kubectl", "ip", "iptables"):
+        if not shutil.which(binary):
+            return f"{binary} is not installed"
+    if not Path("/bin/busybox").exists():
+        return "busybox-static is not installed"
+    from k3p_plugins.containerd.config import find_cni_bin_dir
+
+    if not Path(find_cni_bin_dir(), "bridge").exists():
+        return "the CNI plugins are not installed"
+    return ""
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.skipif(bool(_missing()), reason=_missing() or "ok")]
+
+
+def _bridge_network() -> str | None:
+    """The subnet of an existing cni0: a second k3p node on this host must share it, not fight over it."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", BRIDGE], capture_output=True, text=True).stdout.split()
+    if "inet" not in out:
+        return None
+    return str(ipaddress.ip_interface(out[out.index("inet") + 1]).network)
+
+
+def _verbose_info(inspected: str) -> dict:
+    """containerd's verbose status of `crictl inspect`/`inspectp` (pid, runtimeSpec, ...)."""
+    info = json.loads(inspected)["info"]
+    return info.get("info", info)
+
+
+def _eventually(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    """The first truthy result of ``check`` within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
+        time.sleep(interval)
+
+
+class Node:
+    """A `k3p server` with its own containerd node, and everything needed to undo it."""
+
+    def __init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="k3pn-", dir="/tmp"))  # containerd's socket path is limited
+        self.data = self.tmp / "data"
+        self.paths = ContainerdPaths.from_data_dir(self.data)
+        self.had_bridge = Path(f"/sys/class/net/{BRIDGE}").exists()
+        self.ip_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+        self.host_dirs = [d for d in (Path("/run/containerd"), Path("/var/lib/cni"), Path("/run/netns"))
+                          if not d.exists()]
+        self.netns_before = {p.name for p in Path("/var/run/netns").glob("cni-*")}
+        shared = _bridge_network()
+        self.server = K3pServer(self.tmp, args=["--cluster-cidr", shared] if shared else [], agent=True)
+
+    def start(self) -> None:
+        self.paths.images_dir.mkdir(parents=True)
+        ocibuild.build_busybox_image(self.paths.images_dir / "busybox.tar", IMAGE, files={"www/index.html": PAGE})
+        self.server.start(timeout=120)
+
+    def kubectl(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        return self.server.kubectl(*args, input=input, timeout=timeout)
+
+    def apply(self, obj: dict) -> None:
+        got = self.kubectl("apply", "-f", "-", input=json.dumps(obj))
+        assert got.returncode == 0, got.stderr
+
+    def run_pod(self, name: str, command: list[str], spec: dict | None = None, **container: Any) -> dict:
+        """Create the pod, wait until it is Ready and return it."""
+        self.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                    "spec": {"terminationGracePeriodSeconds": 1, **(spec or {}), "containers": [
+                        {"name": name, "image": IMAGE, "imagePullPolicy": "IfNotPresent", "command": command,
+                         **container}]}})
+        got = self.kubectl("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=90s", timeout=100)
+        assert got.returncode == 0, got.stderr + self.kubectl("describe", "pod", name).stdout
+        return self.pod(name)
+
+    def pod(self, name: str) -> dict:
+        got = self.kubectl("get", "pod", name, "-o", "json")
+        assert got.returncode == 0, got.stderr
+        return json.loads(got.stdout)
+
+    def exec(self, pod: str, *command: str) -> str:
+        got = self.kubectl("exec", pod, "--", *command)
+        assert got.returncode == 0, got.stderr
+        return got.stdout
+
+    def crictl(self, *args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "K3P_DATA_DIR": str(self.data)}
+        return subprocess.run([sys.executable, "-m", "k3p", "crictl", *args], capture_output=True, text=True,
+                              env=env, timeout=60)
+
+    def container_pid(self, container_id: str) -> int:
+        got = self.crictl("inspect", container_id.split("://")[-1])
+        assert got.returncode == 0, got.stderr
+        return int(_verbose_info(got.stdout)["pid"])
+
+    # --- teardown -----------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.server.proc is not None and self.server.proc.poll() is None:
+                self.kubectl("delete", "pods", "--all", "--wait=true", "--timeout=60s", timeout=90)
+        self.server.stop()
+        runc_root = self.paths.runc_root / "k8s.io"
+        if runc_root.is_dir():
+            for cid in os.listdir(runc_root):
+                subprocess.run(["runc", "--root", str(runc_root), "delete", "--force", cid], capture_output=True)
+        for path in Path("/var/run/netns").glob("cni-*"):
+            if path.name not in self.netns_before:
+                subprocess.run(["ip", "netns", "delete", path.name], capture_output=True)
+        if not self.had_bridge and Path(f"/sys/class/net/{BRIDGE}").exists() \
+                and not any(Path(f"/sys/class/net/{BRIDGE}/brif").iterdir()):
+            subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+            Path("/proc/sys/net/ipv4/ip_forward").write_text(self.ip_forward)
+        for top in self.host_dirs:
+            for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            with contextlib.suppress(OSError):
+                top.rmdir()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def node():
+    n = Node()
+    try:
+        n.start()
+        yield n
+    finally:
+        n.cleanup()
+
+
+def _ready(pod: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
+
+
+def _http_get(ip: str, port: int = 8080) -> bytes:
+    with urllib.request.urlopen(f"http://{ip}:{port}/index.html", timeout=5) as r:
+        return r.read()
+
+
+def test_pod_survives_kill_9_and_is_adopted_after_restart(node: Node) -> None:
+    before = node.run_pod("survivor", ["httpd", "-f", "-p", "8080", "-h", "/www"],
+                          ports=[{"containerPort": 8080}],
+                          readinessProbe={"httpGet": {"path": "/index.html", "port": 8080}, "periodSeconds": 1})
+    ip = before["status"]["podIP"]
+    container_id = before["status"]["containerStatuses"][0]["containerID"]
+    assert _http_get(ip) == PAGE
+
+    proc = node.server.proc
+    assert proc is not None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    # containerd dies with k3p; the shim and the workload do not
+    _eventually(lambda: not node.paths.socket.exists() or subprocess.run(
+        ["pgrep", "-f", f"containerd --config {node.paths.config_file}"], capture_output=True).returncode != 0,
+        10, "containerd gone")
+    assert _http_get(ip) == PAGE
+
+    node.server.start(timeout=120)
+
+    def adopted() -> dict | None:
+        pod = node.pod("survivor")
+        statuses = pod["status"].get("containerStatuses") or [{}]
+        return pod if _ready(pod) and statuses[0].get("ready") else None
+
+    after = _eventually(adopted, 15, "survivor Ready after the restart")
+    status = after["status"]["containerStatuses"][0]
+    assert (status["restartCount"], status["containerID"]) == (0, container_id)
+    assert after["status"]["podIP"] == ip
+    assert _http_get(ip) == PAGE
+    # the new kubelet knows the container: exec goes through it
+    assert node.exec("survivor", "cat", "/www/index.html") == PAGE.decode()
+
+
+def test_configmap_and_secret_volumes_and_env(node: Node) -> None:
+    def secret(value: str) -> dict:
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+                "data": {"password": base64.b64encode(value.encode()).decode()}}
+
+    node.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"},
+                "data": {"key": "first", "val": "from-env"}})
+    node.apply(secret("s3cret"))
+    node.run_pod("reader", ["sleep", "3600"],
+                 spec={"volumes": [{"name": "cfg", "configMap": {"name": "settings"}},
+                                   {"name": "sec", "secret": {"secretName": "creds"}}]},
+                 volumeMounts=[{"name": "cfg", "mountPath": "/cfg"}, {"name": "sec", "mountPath": "/sec"}],
+                 env=[{"name": "VAL", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "val"}}}])
+    assert node.exec("reader", "cat", "/cfg/key") == "first"
+    assert node.exec("reader", "sh", "-c", "echo $VAL") == "from-env\n"
+    assert node.exec("reader", "cat", "/sec/password") == "s3cret"
+
+    node.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"},
+                "data": {"key": "second", "val": "changed"}})
+    node.apply(secret("rotated"))
+    # the kubelet refreshes volumes every resync period (60 s, as kube's sync frequency)
+    _eventually(lambda: node.exec("reader", "cat", "/cfg/key") == "second", 90, "configMap volume refreshed", 2)
+    _eventually(lambda: node.exec("reader", "cat", "/sec/password") == "rotated", 30, "secret volume refreshed", 2)
+    # environment variables are fixed when the container starts
+    assert node.exec("reader", "sh", "-c", "echo $VAL") == "from-env\n"
+
+
+def test_memory_limit_in_the_container_cgroup(node: Node) -> None:
+    pod = node.run_pod("limited", ["sleep", "3600"], resources={"limits": {"memory": "64Mi"}})
+    pid = node.container_pid(pod["status"]["containerStatuses"][0]["containerID"])
+    paths = dict(line.split(":", 2)[1:] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines())
+    memory = next(path for controllers, path in paths.items() if "memory" in controllers.split(","))
+    limit = Path("/sys/fs/cgroup/memory", memory.lstrip("/"), "memory.limit_in_bytes").read_text()
+    assert int(limit) == 64 * MiB
+
+
+def test_deleted_pod_leaves_no_sandbox_nor_netns(node: Node) -> None:
+    node.run_pod("doomed", ["sleep", "3600"], spec={"terminationGracePeriodSeconds": 3})
+    listed = node.crictl("pods", "--name", "doomed")
+    assert listed.returncode == 0, listed.stderr
+    line = next(row for row in listed.stdout.splitlines()[1:] if " doomed " in row)
+    sandbox_id = line.split()[0]
+    inspected = node.crictl("inspectp", sandbox_id)
+    assert inspected.returncode == 0, inspected.stderr
+    namespaces = _verbose_info(inspected.stdout)["runtimeSpec"]["linux"]["namespaces"]
+    netns = next(ns["path"] for ns in namespaces if ns["type"] == "network")
+    assert netns.startswith("/var/run/netns/cni-") and Path(netns).exists()
+
+    started = time.monotonic()
+    got = node.kubectl("delete", "pod", "doomed", "--wait=true", "--timeout=30s", timeout=40)
+    assert got.returncode == 0, got.stderr
+    # `sleep` ignores SIGTERM as PID 1: the kubelet must SIGKILL it when the grace period ends
+    assert time.monotonic() - started < 3 + 5
+
+    def gone() -> bool:
+        out = node.crictl("pods").stdout
+        return "doomed" not in out and sandbox_id not in out
+
+    _eventually(gone, 10, "the sandbox removed")
+    assert not Path(netns).exists()
