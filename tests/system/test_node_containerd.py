@@ -283,3 +283,48 @@ def test_deleted_pod_leaves_no_sandbox_nor_netns(node: Node) -> None:
 
     _eventually(gone, 10, "the sandbox removed")
     assert not Path(netns).exists()
+
+
+def test_crash_loop_liveness_restart_and_init_order(node: Node) -> None:
+    """Done-when 2 of the agent issue, on real containers: back-off, liveness, init containers."""
+    node.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "crasher"},
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [
+                    {"name": "c", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
+                     "command": ["sh", "-c", "exit 1"]}]}})
+
+    def crash_looping() -> dict | None:
+        status = (node.pod("crasher").get("status") or {}).get("containerStatuses") or [{}]
+        waiting = (status[0].get("state") or {}).get("waiting") or {}
+        return status[0] if waiting.get("reason") == "CrashLoopBackOff" and status[0].get("restartCount", 0) >= 2 \
+            else None
+
+    looping = _eventually(crash_looping, 90, "CrashLoopBackOff with restarts")
+    assert looping["lastState"]["terminated"]["exitCode"] == 1
+    assert "back-off" in looping["state"]["waiting"].get("message", "")
+
+    marker = "/tmp/alive"
+    pod = node.run_pod("liveness", ["sh", "-c", f"touch {marker}; sleep 3600"],
+                       livenessProbe={"exec": {"command": ["cat", marker]}, "periodSeconds": 1,
+                                      "failureThreshold": 1})
+    first = pod["status"]["containerStatuses"][0]["containerID"]
+    node.exec("liveness", "rm", marker)
+
+    def restarted() -> bool:
+        status = node.pod("liveness")["status"]["containerStatuses"][0]
+        return status.get("restartCount", 0) >= 1 and status.get("containerID") != first
+
+    _eventually(restarted, 60, "the container restarted by its liveness probe")
+
+    node.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "inits"},
+                "spec": {"terminationGracePeriodSeconds": 1,
+                         "volumes": [{"name": "shared", "emptyDir": {}}],
+                         "initContainers": [
+                             {"name": f"init{i}", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
+                              "command": ["sh", "-c", f"echo init{i} >> /shared/order"],
+                              "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]} for i in (1, 2)],
+                         "containers": [{"name": "main", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
+                                         "command": ["sh", "-c", "echo main >> /shared/order; sleep 3600"],
+                                         "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]}]}})
+    got = node.kubectl("wait", "--for=condition=Ready", "pod/inits", "--timeout=90s", timeout=100)
+    assert got.returncode == 0, got.stderr
+    assert node.exec("inits", "cat", "/shared/order").split() == ["init1", "init2", "main"]
