@@ -4,12 +4,10 @@ and a light HTTP client for a test server (JSON requests, watches)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import platform
 import resource
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -17,11 +15,9 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-from k3p.testing.process import descendants, pid_alive
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -288,50 +284,6 @@ def condition_true(obj: dict[str, Any], kind: str) -> bool:
     """Whether ``obj.status.conditions`` holds a ``kind`` condition with status "True"."""
     return any(c.get("type") == kind and c.get("status") == "True"
                for c in (obj.get("status") or {}).get("conditions") or [])
-
-
-class HollowNodes:
-    """A ``k3p agent --simulate N`` subprocess joined to a test server with its token: N simulated nodes.
-
-    The nodes run the real node agent and kubelet over the simulated runtime, so pods get
-    through the whole controller -> scheduler -> kubelet path without containers.
-    """
-
-    def __init__(self, server: Any, workdir: Path, count: int, name: str = "hollow", *extra: str) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.yaml").write_text("")
-        token = (server.data_dir / "server" / "token").read_text().strip()
-        self.count = count
-        self.log_path = workdir / "agent.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("K3P_")}
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "k3p", "agent", "--config", str(workdir / "config.yaml"),
-                 "--data-dir", str(workdir / "data"), "--server", server.url, "--token", token,
-                 "--node-name", name, "--simulate", str(count), *extra],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout``; any child it left is killed too."""
-        kids = descendants(self.proc.pid)  # known before their parent goes and they re-parent
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for pid in kids:
-            if pid_alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
 
 
 async def count_ready_nodes(session: aiohttp.ClientSession) -> int:

@@ -50,7 +50,6 @@ import aiohttp
 import structlog
 from _common import (
     CpuWindow,
-    HollowNodes,
     Progress,
     api_session,
     banner,
@@ -64,7 +63,7 @@ from _common import (
 )
 from k3p.client import Client
 from k3p.scheduler import Scheduler
-from k3p.testing import K3pServer
+from k3p.testing import HollowNodes, K3pServer
 
 GOAL_PODS_PER_SECOND = 100.0
 NAMESPACE = "bench"

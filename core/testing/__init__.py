@@ -6,7 +6,7 @@ dir), ``k3p_server_factory`` (start servers with your own flags), ``k3p_plugin_m
 (load one plugin in isolation) and the helpers ``wait_for`` and ``free_port``.
 """
 
-from k3p.testing.process import K3pServer, descendants, free_port
+from k3p.testing.process import HollowNodes, K3pServer, descendants, free_port, stop_process
 from k3p.testing.waiting import async_wait_for, wait_for
 
-__all__ = ["K3pServer", "async_wait_for", "descendants", "free_port", "wait_for"]
+__all__ = ["HollowNodes", "K3pServer", "async_wait_for", "descendants", "free_port", "stop_process", "wait_for"]

@@ -57,6 +57,23 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0, sig: int = signal.SIGTERM) -> int:
+    """Stop ``proc`` with ``sig`` (SIGKILL after ``timeout``) and kill any descendant it left behind."""
+    kids = descendants(proc.pid)  # known before they re-parent to init
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pid in kids:
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return proc.returncode
+
+
 class K3pServer:
     """A ``k3p server`` subprocess with its own data dir, config file and free ports.
 
@@ -178,18 +195,7 @@ class K3pServer:
         """SIGTERM, then SIGKILL after ``timeout``; also kills any descendant left behind."""
         if self.proc is None:
             return None
-        kids = descendants(self.proc.pid)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for pid in kids:
-            if pid_alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        stop_process(self.proc, timeout)
         if self.agent:
             self._remove_node_leftovers()
         return self.proc.returncode
@@ -229,3 +235,37 @@ class K3pServer:
         if self.proc.returncode is None:
             raise TimeoutError(f"k3p server did not exit within {timeout}s")
         return self.proc.returncode
+
+
+class HollowNodes:
+    """A ``k3p agent --simulate N`` subprocess joined to ``server`` with its token: N hollow nodes.
+
+    The nodes run the real node agent and kubelet over the simulated runtime (no
+    containers), so pods go through controllers, scheduler and kubelet as on real nodes.
+    They are named ``<name>-0`` ... ``<name>-<N-1>``.
+    """
+
+    def __init__(self, server: K3pServer, workdir: Path, count: int, name: str = "hollow", *extra: str) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.yaml").write_text("")
+        token = (server.data_dir / "server" / "token").read_text().strip()
+        self.count = count
+        self.log_path = workdir / "agent.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("K3P_")}
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "k3p", "agent", "--config", str(workdir / "config.yaml"),
+                 "--data-dir", str(workdir / "data"), "--server", server.url, "--token", token,
+                 "--node-name", name, "--simulate", str(count), *extra],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> int:
+        """Stop the agent (SIGKILL as ``sig`` simulates a node that vanishes without a goodbye)."""
+        return stop_process(self.proc, timeout, sig)

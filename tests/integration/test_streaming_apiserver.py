@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 from k3p.apiserver import streaming as api
-from k3p.testing import K3pServer, descendants, wait_for
-from k3p.testing.process import pid_alive
+from k3p.testing import HollowNodes, K3pServer, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -54,29 +50,10 @@ subjects:
 class Cluster:
     def __init__(self, workdir: Path) -> None:
         self.server = K3pServer(workdir / "server", args=["--disable-agent"]).start()
-        agent_dir = workdir / "agent"
-        agent_dir.mkdir()
-        (agent_dir / "c.yaml").write_text("")
-        token = (self.server.data_dir / "server" / "token").read_text().strip()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("K3P_")}
-        with (agent_dir / "agent.log").open("ab") as out:
-            self.agent = subprocess.Popen(
-                [sys.executable, "-m", "k3p", "agent", "--config", str(agent_dir / "c.yaml"), "--data-dir",
-                 str(agent_dir / "data"), "--server", self.server.url, "--token", token, "--node-name", "hollow",
-                 "--simulate", "1"], stdout=out, stderr=subprocess.STDOUT, env=env)
+        self.agent = HollowNodes(self.server, workdir / "agent", 1, "hollow")
 
     def stop(self) -> None:
-        kids = descendants(self.agent.pid)
-        if self.agent.poll() is None:
-            self.agent.send_signal(signal.SIGTERM)
-            try:
-                self.agent.wait(15)
-            except subprocess.TimeoutExpired:
-                self.agent.kill()
-                self.agent.wait()
-        for pid in kids:
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        self.agent.stop()
         self.server.stop()
 
     def kubectl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -7,56 +7,21 @@ controllers, the scheduler and the kubelet all act as they would with containers
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
-from k3p.testing import K3pServer, descendants, wait_for
-from k3p.testing.process import pid_alive
+from k3p.testing import HollowNodes, K3pServer, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-class Agent:
-    """A `k3p agent --simulate N` subprocess joined to ``server``."""
-
-    def __init__(self, server: K3pServer, workdir: Path, name: str, count: int, *extra: str) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "c.yaml").write_text("")
-        token = (server.data_dir / "server" / "token").read_text().strip()
-        self.log = workdir / "agent.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("K3P_")}
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "k3p", "agent", "--config", str(workdir / "c.yaml"),
-                 "--data-dir", str(workdir / "data"), "--server", server.url, "--token", token,
-                 "--node-name", name, "--simulate", str(count), *extra],
-                stdout=out, stderr=subprocess.STDOUT, env=env)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        kids = descendants(self.proc.pid)
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for pid in kids:
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("hollow")
     server = K3pServer(workdir / "server", args=["--disable-agent", "--node-monitor-grace-period", "25s"]).start()
-    agents = [Agent(server, workdir / "agent", "hollow", 3)]
+    agents = [HollowNodes(server, workdir / "agent", 3, "hollow")]
     try:
         wait_for(lambda: ready_nodes(server) >= 3, 60, 0.5, "3 hollow nodes Ready")
         yield server, agents, workdir
@@ -143,7 +108,7 @@ spec:
     # checks that the claims are made; no provisioner exists yet to bind them)
     assert [p["metadata"]["name"] for p in db] == ["db-0", "db-1", "db-2"]
     # a node that joins gets a daemon pod too
-    extra = Agent(server, workdir / "late", "late", 1)
+    extra = HollowNodes(server, workdir / "late", 1, "late")
     agents.append(extra)
     wait_for(lambda: len(pods(server, "app=agentd")) == 4, 60, 0.5, "a daemon pod on the new node")
 
@@ -166,7 +131,7 @@ spec:
     message = wait_for(unschedulable, 30, 0.5, "PodScheduled=False on the huge pod")
     assert "nodes are available:" in message and "Insufficient cpu" in message
     assert "FailedScheduling" in kubectl(server, "get", "events", "--field-selector", "involvedObject.name=huge")
-    big = Agent(server, workdir / "big", "big", 1, "--simulate-capacity", "cpu=16,memory=64Gi,pods=110")
+    big = HollowNodes(server, workdir / "big", 1, "big", "--simulate-capacity", "cpu=16,memory=64Gi,pods=110")
     agents.append(big)
     wait_for(lambda: json.loads(kubectl(server, "get", "pod", "huge", "-o", "json"))["spec"].get("nodeName"),
              60, 0.5, "the huge pod bound to the big node")
@@ -174,7 +139,7 @@ spec:
 
 def test_node_that_stops_renewing_goes_unknown_and_its_pods_move(cluster) -> None:
     server, agents, workdir = cluster
-    lonely = Agent(server, workdir / "lonely", "lonely", 1)
+    lonely = HollowNodes(server, workdir / "lonely", 1, "lonely")
     agents.append(lonely)
     wait_for(lambda: "lonely-0" in kubectl(server, "get", "nodes", "-o", "name"), 60, 0.5, "lonely node")
     kubectl(server, "apply", "-f", "-", input="""
