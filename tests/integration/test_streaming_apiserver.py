@@ -50,7 +50,11 @@ subjects:
 class Cluster:
     def __init__(self, workdir: Path) -> None:
         self.server = K3pServer(workdir / "server", args=["--disable-agent"]).start()
-        self.agent = HollowNodes(self.server, workdir / "agent", 1, "hollow")
+        try:
+            self.agent = HollowNodes(self.server, workdir / "agent", 1, "hollow")
+        except BaseException:
+            self.server.stop()
+            raise
 
     def stop(self) -> None:
         self.agent.stop()

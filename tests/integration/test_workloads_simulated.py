@@ -20,9 +20,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("hollow")
-    server = K3pServer(workdir / "server", args=["--disable-agent", "--node-monitor-grace-period", "25s"]).start()
-    agents = [HollowNodes(server, workdir / "agent", 3, "hollow")]
+    server = K3pServer(workdir / "server", args=["--disable-agent", "--node-monitor-grace-period", "25s"])
+    agents: list[HollowNodes] = []
     try:
+        server.start()
+        agents.append(HollowNodes(server, workdir / "agent", 3, "hollow"))
         wait_for(lambda: ready_nodes(server) >= 3, 60, 0.5, "3 hollow nodes Ready")
         yield server, agents, workdir
     finally:
