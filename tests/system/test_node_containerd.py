@@ -8,15 +8,13 @@ limits in the container's cgroup; graceful deletion leaves no sandbox nor networ
 The teardown deletes the pods, stops the server (which kills the shims it finds and
 unmounts what containerd mounted under the data dir), then removes what else is left of
 this run: runc state, network namespaces, CNI state, the bridge if this run made it, and
-the temp dir. These helpers are a small copy of those in test_streaming_containerd.py:
-test modules are not importable from a shared place.
+the temp dir. The host checks and the shared-bridge rule live in containerd_host.py.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import ipaddress
 import json
 import os
 import shutil
@@ -31,40 +29,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from containerd_host import BRIDGE, IMAGE, REAL_NODE, bridge_network
 from k3p import ocibuild
 from k3p.testing import K3pServer
 from k3p_plugins.containerd.paths import ContainerdPaths
 
-IMAGE = "docker.io/library/busybox:1.35"
 PAGE = b"<h1>k3p node</h1>\n"
-BRIDGE = "cni0"
 MiB = 1024 * 1024
 
 
-def _missing() -> str:
-    if os.geteuid() != 0:
-        return "needs root"
-    for binary in ("containerd", "containerd-shim-runc-v2", "runc", "kubectl", "ip", "iptables"):
-        if not shutil.which(binary):
-            return f"{binary} is not installed"
-    if not Path("/bin/busybox").exists():
-        return "busybox-static is not installed"
-    from k3p_plugins.containerd.config import find_cni_bin_dir
-
-    if not Path(find_cni_bin_dir(), "bridge").exists():
-        return "the CNI plugins are not installed"
-    return ""
+pytestmark = REAL_NODE
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.skipif(bool(_missing()), reason=_missing() or "ok")]
-
-
-def _bridge_network() -> str | None:
-    """The subnet of an existing cni0: a second k3p node on this host must share it, not fight over it."""
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", BRIDGE], capture_output=True, text=True).stdout.split()
-    if "inet" not in out:
-        return None
-    return str(ipaddress.ip_interface(out[out.index("inet") + 1]).network)
 
 
 def _verbose_info(inspected: str) -> dict:
@@ -98,7 +74,7 @@ class Node:
         self.host_dirs = [d for d in (Path("/run/containerd"), Path("/var/lib/cni"), Path("/run/netns"))
                           if not d.exists()]
         self.netns_before = {p.name for p in Path("/var/run/netns").glob("cni-*")}
-        shared = _bridge_network()
+        shared = bridge_network()
         self.server = K3pServer(self.tmp, args=["--cluster-cidr", shared] if shared else [], agent=True)
 
     def start(self) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import ipaddress
 import json
 import os
 import pty
@@ -30,39 +29,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from containerd_host import BRIDGE, IMAGE, REAL_NODE, bridge_network
 from k3p import ocibuild
 from k3p.testing import K3pServer, descendants, free_port
 from k3p_plugins.containerd.paths import ContainerdPaths
 
-IMAGE = "docker.io/library/busybox:1.35"
 PAGE = b"<h1>served from a k3p pod</h1>\n"
-BRIDGE = "cni0"
 
 
-def _missing() -> str:
-    if os.geteuid() != 0:
-        return "needs root"
-    for binary in ("containerd", "containerd-shim-runc-v2", "runc", "kubectl", "ip", "iptables"):
-        if not shutil.which(binary):
-            return f"{binary} is not installed"
-    if not Path("/bin/busybox").exists():
-        return "busybox-static is not installed"
-    from k3p_plugins.containerd.config import find_cni_bin_dir
-
-    if not Path(find_cni_bin_dir(), "bridge").exists():
-        return "the CNI plugins are not installed"
-    return ""
+pytestmark = REAL_NODE
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.skipif(bool(_missing()), reason=_missing() or "ok")]
-
-
-def _bridge_network() -> str | None:
-    """The subnet of an existing cni0: a second k3p node on this host must share it, not fight over it."""
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", BRIDGE], capture_output=True, text=True).stdout.split()
-    if "inet" not in out:
-        return None
-    return str(ipaddress.ip_interface(out[out.index("inet") + 1]).network)
 
 
 class Node:
@@ -77,7 +54,7 @@ class Node:
         self.host_dirs = [d for d in (Path("/run/containerd"), Path("/var/lib/cni"), Path("/run/netns"))
                           if not d.exists()]
         args = []
-        shared = _bridge_network()
+        shared = bridge_network()
         if shared:
             args += ["--cluster-cidr", shared]
         self.server = K3pServer(self.tmp, args=args, agent=True)
