@@ -378,16 +378,9 @@ async def bridge_remotecommand(ws: WebSocket, protocol: str, session: SpdySessio
             if decoded is not None:
                 await to_runtime(*decoded)
 
-    runtime_task = asyncio.create_task(from_runtime())
-    client_task = asyncio.create_task(from_client())
     try:
-        done, _ = await asyncio.wait({runtime_task, client_task}, return_when=asyncio.FIRST_COMPLETED)
+        runtime_task, client_task, done = await protocols.race(from_runtime(), from_client())
     finally:
-        for task in (runtime_task, client_task):
-            task.cancel()
-        for task in (runtime_task, client_task):
-            with contextlib.suppress(BaseException):
-                await task
         await session.close()
     if client_task in done and runtime_task not in done:
         return
@@ -423,16 +416,9 @@ async def tunnel(ws: WebSocket, reader: asyncio.StreamReader, writer: asyncio.St
                 writer.write(data)
                 await writer.drain()
 
-    down_task = asyncio.create_task(down())
-    up_task = asyncio.create_task(up())
     try:
-        done, _ = await asyncio.wait({down_task, up_task}, return_when=asyncio.FIRST_COMPLETED)
+        down_task, _up_task, done = await protocols.race(down(), up())
     finally:
-        for task in (down_task, up_task):
-            task.cancel()
-        for task in (down_task, up_task):
-            with contextlib.suppress(BaseException):
-                await task
         with contextlib.suppress(Exception):
             writer.close()
             await writer.wait_closed()

@@ -23,7 +23,7 @@ import base64
 import contextlib
 import ssl
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlencode
@@ -269,6 +269,25 @@ def _sendable(code: int | None) -> int:
     return code
 
 
+
+async def race(first: Coroutine[Any, Any, Any], second: Coroutine[Any, Any, Any]
+               ) -> tuple[asyncio.Task[Any], asyncio.Task[Any], set[asyncio.Task[Any]]]:
+    """Run two pumps of a stream until either ends; the other is cancelled and awaited.
+
+    Returns both tasks and the set of those that finished by themselves, so the caller can
+    tell which side closed and read its result or exception.
+    """
+    a, b = asyncio.create_task(first), asyncio.create_task(second)
+    try:
+        done, _ = await asyncio.wait({a, b}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (a, b):
+            task.cancel()
+        for task in (a, b):
+            with contextlib.suppress(BaseException):
+                await task
+    return a, b, done
+
 async def relay(accepted: ServerSide, dialled: ClientSide) -> None:
     """Pass messages both ways (binary stays binary, text stays text) until one side closes.
 
@@ -294,16 +313,7 @@ async def relay(accepted: ServerSide, dialled: ClientSide) -> None:
             if data is not None:
                 await dialled.send(data)
 
-    down_task = asyncio.create_task(down())
-    up_task = asyncio.create_task(up())
-    try:
-        done, _ = await asyncio.wait({down_task, up_task}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (down_task, up_task):
-            task.cancel()
-        for task in (down_task, up_task):
-            with contextlib.suppress(BaseException):
-                await task
+    down_task, up_task, done = await race(down(), up())
     if down_task in done:
         code = _sendable(dialled.close_code) if down_task.exception() is None else 1011
         with contextlib.suppress(Exception):
