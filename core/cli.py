@@ -24,6 +24,7 @@ commands:
   check-config   Check that this host can run k3p
   datastore      datastore backup FILE: copy the datastore while the server runs
   kubectl        Run kubectl against this server (uses the admin kubeconfig)
+  token          token create|list|delete: join tokens with a time to live
   version        Print the k3p version
   crictl, ctr    Inspect this node's containers (provided by the containerd plugin)
 
@@ -160,6 +161,12 @@ def cmd_kubectl(argv: Sequence[str]) -> int:
     return 0  # pragma: no cover - exec does not return
 
 
+def cmd_token(argv: Sequence[str]) -> int:
+    from k3p.tokens import token_main
+
+    return token_main(argv)
+
+
 def plugin_command(command: str, argv: Sequence[str]) -> int:
     """A command a plugin adds through ``k3p_commands`` (``k3p crictl``, ``k3p ctr``)."""
     try:
@@ -184,6 +191,7 @@ COMMANDS = {
     "check-config": cmd_check_config,
     "datastore": cmd_datastore,
     "kubectl": cmd_kubectl,
+    "token": cmd_token,
 }
 
 

@@ -173,6 +173,12 @@ def add_core_options(schema: OptionSchema) -> None:
         help="Prefix length of the pod range each node gets from --cluster-cidr")
     add("disable-agent", type=bool, default=False, commands=server,
         help="Run only the control plane on this machine, no workloads")
+    add("disable-kube-proxy", type=bool, default=False,
+        help="Do not run the service proxy (ClusterIP and NodePort rules in nftables) on this node; "
+             "rules it left before are removed")
+    add("resolv-conf", default="", env="K3P_RESOLV_CONF", metavar="FILE",
+        help="resolv.conf for pods with dnsPolicy Default and for names the cluster DNS forwards "
+             "(default: /etc/resolv.conf)")
 
 
 def default_data_dir() -> str:

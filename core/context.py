@@ -37,4 +37,16 @@ class RunContext:
     node_name: str = ""
     #: an API client with this process's component credentials: ``new_client("k3p-scheduler")``
     new_client: Callable[[str], Client] | None = None
+    #: an API client for one of this process's components, as user ``system:k3p:<component>``
+    #: (``kube-proxy`` is ``system:kube-proxy``): ``component_client("coredns", "k3p-coredns")``.
+    #: The user can do nothing until the plugin's manifests grant it RBAC rules.
+    component_client: Callable[[str, str], Client] | None = None
+    #: whether this node runs real workloads (False for simulated nodes and --disable-agent)
+    runs_workloads: bool = False
+    #: this node's InternalIP addresses
+    node_ips: list[str] = field(default_factory=list)
+    #: the cluster-wide settings every node gets from the server (``clusterCIDR``,
+    #: ``serviceCIDR``, ``clusterDNS``, ``clusterDomain`` and what plugins add through
+    #: ``k3p_cluster_settings``)
+    cluster: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)

@@ -25,7 +25,7 @@ names the plugin and the hook.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -77,6 +77,18 @@ def k3p_commands() -> dict[str, Callable[[list[str], str], int]] | None:
     """
 
 
+@hookspec
+def k3p_cluster_settings(config: Config) -> dict[str, Any] | None:
+    """Cluster-wide settings the server hands to every node, as ``{"camelCaseKey": value}``.
+
+    Called on the server; the merged result (beside k3p's own ``clusterCIDR``,
+    ``serviceCIDR``, ``clusterDNS`` and ``clusterDomain``) reaches joining agents through
+    the join endpoint and every node's components as ``ctx.cluster``. Use it for a setting
+    that must be the same on all nodes, such as the pod network's backend, so agents do
+    not need their own copy of the server's flags. Keys must not collide with k3p's.
+    """
+
+
 # --- Phase 2: storage --------------------------------------------------------------------
 
 
@@ -104,7 +116,27 @@ def k3p_runtime(config: Config) -> Runtime | None:
     """
 
 
-# --- Phase 3: components -----------------------------------------------------------------
+# --- Phase 3: cluster objects ------------------------------------------------------------
+
+
+@hookspec
+def k3p_manifests(config: Config) -> list[dict[str, Any]] | None:
+    """Kubernetes objects the plugin needs in the cluster (RBAC, IngressClass, StorageClass ...).
+
+    Return a list of complete objects (``apiVersion``, ``kind``, ``metadata.name`` and, for
+    namespaced kinds, ``metadata.namespace``). At every start the server's addon deployer
+    applies them with server-side apply (field manager ``k3p-deploy``) and adds the label
+    ``k3p.io/plugin: <plugin name>``. Objects the plugin no longer returns, and all of a
+    plugin's objects once it is disabled (``--disable NAME``), are deleted at the next
+    start, so a disabled plugin leaves nothing behind in the cluster. Only built-in kinds
+    are supported.
+
+    Components act as ``system:k3p:<component>`` (``ctx.component_client``), a user with no
+    rights by default: return a ClusterRole and a ClusterRoleBinding for it here.
+    """
+
+
+# --- Phase 4: components -----------------------------------------------------------------
 
 
 @hookspec

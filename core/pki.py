@@ -184,6 +184,11 @@ def host_addresses() -> list[str]:
         return pool.submit(_host_addresses).result()
 
 
+#: interfaces k3p itself makes (pod bridge, overlay, node-local DNS) and pods' veth ends:
+#: their addresses are never the host's own
+K3P_INTERFACE_PREFIXES = ("cni", "flannel.", "k3p-", "veth")
+
+
 def _host_addresses() -> list[str]:
     from pyroute2 import IPRoute  # imported here: only servers need it, and only at start
 
@@ -191,7 +196,8 @@ def _host_addresses() -> list[str]:
     with IPRoute() as ipr:
         for addr in ipr.get_addr(family=socket.AF_INET):
             ip = addr.get_attr("IFA_ADDRESS")
-            if ip and not ip.startswith("127."):
+            label = addr.get_attr("IFA_LABEL") or ""
+            if ip and not ip.startswith("127.") and not label.startswith(K3P_INTERFACE_PREFIXES):
                 found.append(ip)
     return found
 

@@ -170,6 +170,18 @@ class PluginManager:
     def hook(self) -> Any:
         return self.pm.hook
 
+    def call_each(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call ``hook`` on every enabled plugin that implements it: ``[(plugin name, result)]``.
+
+        For hooks whose results must stay attributed to their plugin (the addon deployer
+        labels and removes objects per plugin).
+        """
+        found = []
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            args = {name: kwargs[name] for name in impl.argnames}
+            found.append((impl.plugin_name, impl.function(**args)))
+        return found
+
     def enabled(self) -> list[str]:
         return [n for n, i in self.infos.items() if i.enabled]
 

@@ -6,17 +6,19 @@ import asyncio
 import signal
 import socket
 from pathlib import Path
+from typing import Any
 
 import structlog
 from fastapi import FastAPI
 from k3p import pki as pki_mod
 from k3p.__main__ import release_stop_signals
+from k3p.addons import ManifestError, addon_component, object_ref
 from k3p.apiserver.app import APIServer
 from k3p.apiserver.auth import Authenticator, CertHttpToolsProtocol, ServiceAccountTokens
 from k3p.apiserver.health import health_router
 from k3p.apiserver.listener import serve_https
 from k3p.apiserver.node_proxy import KubeletProxy
-from k3p.apiserver.supervisor_api import supervisor_router
+from k3p.apiserver.supervisor_api import NodeIdentities, component_user, supervisor_router
 from k3p.checks import CheckReport, core_checks
 from k3p.client import Client
 from k3p.config import Config, ConfigError
@@ -129,7 +131,7 @@ def apiserver_component(ctx: RunContext, store: Datastore) -> Component:
         await api.start()
         app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
         app.include_router(health_router(readiness, pki.server_ca.cert_path))
-        app.include_router(supervisor_router(pki, ctx.token, lambda: cluster_settings(ctx.config)))
+        app.include_router(supervisor_router(pki, ctx.token, lambda: ctx.cluster, NodeIdentities(ctx)))
         api.mount(app)
         try:
             await serve_https(
@@ -148,14 +150,23 @@ def apiserver_component(ctx: RunContext, store: Datastore) -> Component:
     return TaskComponent("apiserver", run, requires=["datastore"])
 
 
-def cluster_settings(config: Config) -> dict[str, str]:
-    """What joining nodes learn from the server (K3s hands these to agents the same way)."""
-    return {
+def cluster_settings(config: Config, plugins: PluginManager) -> dict[str, Any]:
+    """What every node learns from the server (K3s hands these to agents the same way)."""
+    found: dict[str, Any] = {
         "clusterCIDR": config.get("cluster_cidr"),
         "serviceCIDR": config.get("service_cidr"),
         "clusterDNS": config.get("cluster_dns"),
         "clusterDomain": config.get("cluster_domain"),
+        # agents leave out the node components of plugins the server runs without
+        "disabledPlugins": sorted(set(plugins.infos) - set(plugins.enabled())),
     }
+    own = set(found)
+    for plugin, extra in plugins.call_each("k3p_cluster_settings", config=config):
+        clash = sorted(set(extra or {}) & own)
+        if clash:
+            raise ConfigError(f"plugin {plugin} redefines the cluster setting {clash[0]}")
+        found.update(extra or {})
+    return found
 
 
 def attach_clients(ctx: RunContext) -> None:
@@ -169,10 +180,17 @@ def attach_clients(ctx: RunContext) -> None:
 
     ctx.new_client = new_client
 
+    def component_client(component: str, user_agent: str) -> Client:
+        user = component_user(component)
+        c_cert, c_key = pki_mod.ensure_client_cert(ctx.pki, f"component-{component}", user)
+        return Client(ctx.api_url, ca_file=ca, cert_file=c_cert, key_file=c_key, user_agent=user_agent)
+
+    ctx.component_client = component_client
+
 
 def node_components(ctx: RunContext) -> list[Component]:
     """This server's own node: the kubelet and node agent over the runtime a plugin provides."""
-    from k3p.agent.components import agent_components
+    from k3p.agent.components import agent_components, node_service_components
     from k3p.agent.server import kubelet_server_component
 
     runtime = ctx.plugins.hook.k3p_runtime(config=ctx.config)
@@ -180,6 +198,7 @@ def node_components(ctx: RunContext) -> list[Component]:
         log.warning("no enabled plugin provides a container runtime: this server runs no workloads",
                     enabled=",".join(ctx.plugins.enabled()))
         return []
+    ctx.runs_workloads = getattr(runtime, "runs_workloads", True)
     assert ctx.pki is not None
     pki, node = ctx.pki, ctx.node_name
     cert, key = pki_mod.ensure_client_cert(pki, f"kubelet-{node}", f"system:node:{node}", ["system:nodes"])
@@ -199,13 +218,27 @@ def node_components(ctx: RunContext) -> list[Component]:
     found.append(kubelet_server_component(runtime, node, host="0.0.0.0", port=port,
                                           certfile=serving_cert, keyfile=serving_key,
                                           client_ca=pki.client_ca.cert_path))
+    found += node_service_components(ctx)
     for batch in ctx.plugins.hook.k3p_agent_components(ctx=ctx):
         found.extend(batch or ())
     return found
 
 
+def manifests(ctx: RunContext) -> list[tuple[str, list[dict[str, Any]] | None]]:
+    """Every enabled plugin's manifests, checked before anything starts."""
+    found = ctx.plugins.call_each("k3p_manifests", config=ctx.config)
+    for plugin, objects in found:
+        for obj in objects or ():
+            try:
+                object_ref(plugin, obj)
+            except ManifestError as e:
+                raise ConfigError(str(e)) from None
+    return found
+
+
 def components(ctx: RunContext, store: Datastore) -> list[Component]:
-    found: list[Component] = [datastore_component(store), apiserver_component(ctx, store)]
+    found: list[Component] = [datastore_component(store), apiserver_component(ctx, store),
+                              addon_component(ctx.new_client, manifests(ctx))]
     if not ctx.config.get("disable_controller_manager"):
         from k3p.controllers import controller_manager_component
 
@@ -234,6 +267,8 @@ async def run_server(config: Config, plugins: PluginManager) -> int:
         return 0
     ctx.node_name = (config.get("node_name") or socket.gethostname()).lower()
     ctx.extra["node_ips"] = node_ips
+    ctx.node_ips = [config.get("node_ip")] if config.get("node_ip") else node_ips[:1]
+    ctx.cluster = cluster_settings(config, plugins)
     attach_clients(ctx)
     store = select_datastore(config, plugins)
     ctx.datastore = store

@@ -13,12 +13,16 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import structlog
 from k3p.agent.kubelet import KubeletConfig, run_kubelet
 from k3p.agent.node import NodeAgent, NodeConfig, ReadinessCheck, node_config_from
 from k3p.agent.runtime import Runtime
 from k3p.client import Client
 from k3p.config import ConfigError
+from k3p.context import RunContext
 from k3p.supervisor import Component, Ready, TaskComponent
+
+log = structlog.get_logger(__name__)
 
 
 class _Holder:
@@ -69,7 +73,8 @@ def agent_components(new_client: Callable[[str], Client], runtime: Runtime, node
     domain = cluster.get("clusterDomain") or config.get("cluster_domain") or "cluster.local"
     kubelet_config = KubeletConfig(node_name=node_name, data_dir=data_dir,
                                    cluster_dns=[ip.strip() for ip in str(dns).split(",") if ip.strip()],
-                                   cluster_domain=str(domain))
+                                   cluster_domain=str(domain),
+                                   host_resolv_conf=config.get("resolv_conf") or "/etc/resolv.conf")
     for target, overrides in ((kubelet_config, kubelet_overrides), (node_config, node_overrides)):
         for key, value in (overrides or {}).items():
             if not hasattr(target, key):
@@ -104,3 +109,27 @@ def agent_components(new_client: Callable[[str], Client], runtime: Runtime, node
         TaskComponent(names["node"], run_node, requires=[names["runtime"]]),
         TaskComponent(names["kubelet"], run_pods, requires=[names["node"]]),
     ]
+
+
+def node_service_components(ctx: RunContext) -> list[Component]:
+    """The node's service proxy (nftables), unless --disable-kube-proxy or the node runs no workloads.
+
+    A disabled proxy removes the rules an earlier run left, so Services stop answering
+    through this node instead of going to stale endpoints.
+    """
+    if not ctx.runs_workloads:
+        return []
+    from k3p.agent.proxy import proxy_component, remove_proxy_rules
+
+    if ctx.config.get("disable_kube_proxy"):
+        async def clean(ready: Ready) -> None:
+            if await asyncio.to_thread(remove_proxy_rules):
+                log.info("service proxy disabled: its rules were removed", node=ctx.node_name)
+            ready()
+            await asyncio.Event().wait()
+
+        return [TaskComponent(f"kube-proxy-cleanup-{ctx.node_name}", clean)]
+    assert ctx.component_client is not None
+    client_for = ctx.component_client
+    return [proxy_component(lambda user_agent: client_for("kube-proxy", user_agent), ctx.node_name,
+                            ctx.cluster.get("clusterCIDR") or "10.42.0.0/16", ctx.node_ips)]

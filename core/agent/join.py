@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
+import secrets
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +12,9 @@ from typing import Any
 
 import httpx
 from k3p import pki as pki_mod
+
+#: the header a joining node sends its node password in
+PASSWORD_HEADER = "K3p-Node-Password"
 
 
 class JoinError(Exception):
@@ -29,6 +34,8 @@ class NodeCredentials:
     serving_cert_file: Path | None = None
     serving_key_file: Path | None = None
     client_ca_file: Path | None = None
+    #: the join token, for fetching component certificates later
+    token: str = ""
 
 
 async def fetch_ca(server_url: str, token: str) -> bytes:
@@ -47,9 +54,36 @@ async def fetch_ca(server_url: str, token: str) -> bytes:
     return r.content
 
 
+def node_password(agent_dir: Path, node_name: str) -> str:
+    """The password this machine proves ``node_name`` with (K3s keeps one per host).
+
+    A random secret is made once in ``<agent dir>/node-password``; each node name gets its
+    own password derived from it, so the simulated nodes of one process differ too.
+    """
+    path = agent_dir / "node-password"
+    try:
+        base = path.read_text().strip()
+    except FileNotFoundError:
+        base = ""
+    if not base:
+        base = secrets.token_hex(16)
+        pki_mod.write_private(path, base.encode())
+    return hmac.new(base.encode(), node_name.encode(), hashlib.sha256).hexdigest()
+
+
+def _refusal(response: httpx.Response) -> str:
+    try:
+        return response.json().get("message") or response.text
+    except ValueError:
+        return response.text
+
+
 async def join(server_url: str, token: str, node_name: str, folder: Path,
-               addresses: list[str] | None = None) -> NodeCredentials:
-    """Get credentials for ``node_name`` and write them under ``folder``; raises JoinError."""
+               addresses: list[str] | None = None, password: str = "") -> NodeCredentials:
+    """Get credentials for ``node_name`` and write them under ``folder``; raises JoinError.
+
+    ``password`` is the node password (see ``node_password``) that binds the name to this machine.
+    """
     server_url = server_url.rstrip("/")
     if not token:
         raise JoinError("a join token is needed: --token, --token-file or K3P_TOKEN")
@@ -62,11 +96,12 @@ async def join(server_url: str, token: str, node_name: str, folder: Path,
     try:
         async with httpx.AsyncClient(base_url=server_url, verify=ctx, auth=("node", secret), timeout=15) as http:
             creds = await http.post("/v1-k3p/node-credentials",
-                                    json={"nodeName": node_name, "addresses": addresses or []})
+                                    json={"nodeName": node_name, "addresses": addresses or []},
+                                    headers={PASSWORD_HEADER: password})
             if creds.status_code == 401:
                 raise JoinError(f"the server at {server_url} refused the join token")
             if creds.status_code != 200:
-                raise JoinError(f"the server refused node {node_name!r}: {creds.json().get('message', creds.text)}")
+                raise JoinError(f"the server refused node {node_name!r}: {_refusal(creds)}")
             cluster = await http.get("/v1-k3p/config")
             cluster.raise_for_status()
     except httpx.HTTPError as e:
@@ -81,4 +116,29 @@ async def join(server_url: str, token: str, node_name: str, folder: Path,
     client_ca = folder / "client-ca.crt"
     pki_mod.write_private(client_ca, data["clientCA"].encode(), 0o644)
     return NodeCredentials(server_url, ca_file, cert_file, key_file, cluster.json(), serving_cert, serving_key,
-                           client_ca)
+                           client_ca, token=token)
+
+
+def component_credentials(creds: NodeCredentials, component: str, folder: Path) -> tuple[Path, Path]:
+    """A client certificate for one of the node's components (``system:k3p:<component>``), kept in ``folder``.
+
+    Fetched from the server once and reused. Blocking: components ask for their client
+    once, when they start.
+    """
+    cert_file, key_file = folder / f"client-{component}.crt", folder / f"client-{component}.key"
+    if cert_file.exists() and key_file.exists():
+        return cert_file, key_file
+    secret = pki_mod.parse_token(creds.token).secret
+    try:
+        with httpx.Client(base_url=creds.server_url, verify=ssl.create_default_context(cafile=str(creds.ca_file)),
+                          auth=("node", secret),
+                          timeout=15) as http:
+            r = http.post("/v1-k3p/component-credentials", json={"component": component})
+    except httpx.HTTPError as e:
+        raise JoinError(f"cannot reach the server at {creds.server_url}: {e or type(e).__name__}") from None
+    if r.status_code != 200:
+        raise JoinError(f"the server refused credentials for component {component!r}: {_refusal(r)}")
+    data = r.json()
+    pki_mod.write_private(key_file, data["key"].encode())
+    pki_mod.write_private(cert_file, data["certificate"].encode(), 0o644)
+    return cert_file, key_file

@@ -10,7 +10,7 @@ from pathlib import Path
 import structlog
 from k3p import pki as pki_mod
 from k3p.__main__ import release_stop_signals
-from k3p.agent.join import NodeCredentials, join
+from k3p.agent.join import NodeCredentials, component_credentials, join, node_password
 from k3p.agent.runtime import Runtime
 from k3p.client import Client
 from k3p.config import Config, ConfigError
@@ -107,19 +107,35 @@ async def run_agent(config: Config, plugins: PluginManager) -> int:
     names = node_names(config)
     components: list[Component] = []
     first: NodeCredentials | None = None
+    simulated = bool(config.get("simulate"))
+    addresses = [config.get("node_ip")] if config.get("node_ip") else pki_mod.host_addresses()
     for i, name in enumerate(names):
-        simulated = bool(config.get("simulate"))
-        addresses = [config.get("node_ip")] if config.get("node_ip") else pki_mod.host_addresses()
-        creds = await join(server, token, name, data_dir / "credentials", ["127.0.0.1", *addresses])
+        creds = await join(server, token, name, data_dir / "credentials", ["127.0.0.1", *addresses],
+                           password=node_password(data_dir, name))
         first = first or creds
         folder = data_dir / "simulated" / name if simulated else data_dir
         components += await node_components(config, plugins, name, creds, folder, simulated=simulated)
         if len(names) > 1 and (i + 1) % 10 == 0:
             log.info("joining simulated nodes", joined=i + 1, total=len(names))
     assert first is not None
+    creds_dir = data_dir / "credentials"
+
+    def component_client(component: str, user_agent: str) -> Client:
+        cert, key = component_credentials(first, component, creds_dir)
+        return Client(first.server_url, ca_file=first.ca_file, cert_file=cert, key_file=key, user_agent=user_agent)
+
     ctx = RunContext(config=config, plugins=plugins, data_dir=config.data_path, api_url=first.server_url,
-                     node_name=names[0], new_client=client_factory(first))
-    for batch in plugins.hook.k3p_agent_components(ctx=ctx):
+                     node_name=names[0], new_client=client_factory(first), component_client=component_client,
+                     runs_workloads=not simulated,
+                     node_ips=addresses[:1], cluster=dict(first.cluster))
+    from k3p.agent.components import node_service_components
+
+    components += node_service_components(ctx)
+    off = set(ctx.cluster.get("disabledPlugins") or ())
+    for plugin, batch in plugins.call_each("k3p_agent_components", ctx=ctx):
+        if plugin in off:
+            log.info("plugin disabled on the server: not run on this node", plugin=plugin)
+            continue
         components.extend(batch or ())
     supervisor = Supervisor(components)
     log.info("k3p agent starting", server=server, nodes=len(names))

@@ -32,6 +32,9 @@ PODDISRUPTIONBUDGETS = Resource("policy", "v1", "poddisruptionbudgets", True, "P
 PRIORITYCLASSES = Resource("scheduling.k8s.io", "v1", "priorityclasses", False, "PriorityClass")
 STORAGECLASSES = Resource("storage.k8s.io", "v1", "storageclasses", False, "StorageClass")
 CLUSTERROLES = Resource("rbac.authorization.k8s.io", "v1", "clusterroles", False, "ClusterRole")
+CLUSTERROLEBINDINGS = Resource("rbac.authorization.k8s.io", "v1", "clusterrolebindings", False, "ClusterRoleBinding")
+ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", True, "Role")
+ROLEBINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", True, "RoleBinding")
 
 #: by (apiVersion, kind), for following ownerReferences
 BY_KIND = {
@@ -39,5 +42,6 @@ BY_KIND = {
     for r in (NAMESPACES, NODES, PODS, SERVICES, ENDPOINTS, CONFIGMAPS, SECRETS, SERVICEACCOUNTS,
               PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES, REPLICATIONCONTROLLERS, DEPLOYMENTS, REPLICASETS,
               DAEMONSETS, STATEFULSETS, CONTROLLERREVISIONS, JOBS, CRONJOBS, LEASES, ENDPOINTSLICES, INGRESSES,
-              INGRESSCLASSES, PODDISRUPTIONBUDGETS, PRIORITYCLASSES, STORAGECLASSES, CLUSTERROLES)
+              INGRESSCLASSES, PODDISRUPTIONBUDGETS, PRIORITYCLASSES, STORAGECLASSES, CLUSTERROLES,
+              CLUSTERROLEBINDINGS, ROLES, ROLEBINDINGS)
 }

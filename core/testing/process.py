@@ -188,6 +188,14 @@ class K3pServer:
 
         return kube_config.new_client_from_config(str(self.kubeconfig))
 
+    def admin_client(self, user_agent: str = "k3p-test") -> Any:
+        """A ``k3p.client.Client`` with the admin certificate (system:masters)."""
+        from k3p.client import Client
+
+        tls = self.data_dir / "server" / "tls"
+        return Client(self.url, ca_file=self.ca_file, cert_file=tls / "client-admin.crt",
+                      key_file=tls / "client-admin.key", user_agent=user_agent)
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
