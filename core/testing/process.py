@@ -91,7 +91,11 @@ class K3pServer:
         env: dict[str, str] | None = None,
         port: int | None = None,
         agent: bool = False,
+        host: str = "127.0.0.1",
+        prefix: Sequence[str] = (),
     ) -> None:
+        """``host`` is where the server is reached; ``prefix`` runs it through another command
+        (``nsenter --net=...`` for a server in a network namespace: see ``k3p.testing.netns``)."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.workdir / "data"
@@ -107,12 +111,15 @@ class K3pServer:
         if agent and "--kubelet-port" not in self.args:
             self.args += ["--kubelet-port", str(free_port())]
         self.env = env
+        self.host = host
+        self.prefix = list(prefix)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "k3p.log"
+        self._host_network_before: set[str] = set()
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     @property
     def ca_file(self) -> Path:
@@ -120,7 +127,7 @@ class K3pServer:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "k3p", "server",
+            *self.prefix, sys.executable, "-m", "k3p", "server",
             "--config", str(self.config_file),
             "--data-dir", str(self.data_dir),
             "--https-listen-port", str(self.port),
@@ -135,6 +142,8 @@ class K3pServer:
         return env
 
     def start(self, wait: bool = True, timeout: float = 60.0) -> K3pServer:
+        if self.agent and not self.prefix:
+            self._host_network_before = host_network_objects()
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.environment()
@@ -176,7 +185,9 @@ class K3pServer:
                 check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run the real kubectl against this server (its own discovery cache, never ~/.kube)."""
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "KUBECACHEDIR": str(self.workdir / "kube-cache")}
-        result = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, env=env,
+        # the kubeconfig names 127.0.0.1: a server in a network namespace is reached at its own address
+        server = ["--server", self.url] if self.host != "127.0.0.1" else []
+        result = subprocess.run(["kubectl", *server, *args], input=input, capture_output=True, text=True, env=env,
                                 timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
@@ -186,7 +197,9 @@ class K3pServer:
         """An official ``kubernetes`` Python client configured from the written kubeconfig."""
         from kubernetes import config as kube_config  # the client is a test dependency only
 
-        return kube_config.new_client_from_config(str(self.kubeconfig))
+        client = kube_config.new_client_from_config(str(self.kubeconfig))
+        client.configuration.host = self.url
+        return client
 
     def admin_client(self, user_agent: str = "k3p-test") -> Any:
         """A ``k3p.client.Client`` with the admin certificate (system:masters)."""
@@ -205,35 +218,10 @@ class K3pServer:
             return None
         stop_process(self.proc, timeout)
         if self.agent:
-            self._remove_node_leftovers()
+            remove_node_leftovers(self.data_dir)
+            if not self.prefix:
+                remove_host_network_objects(host_network_objects() - self._host_network_before)
         return self.proc.returncode
-
-    def _remove_node_leftovers(self) -> None:
-        """Containers outlive k3p by design (a restart adopts them); a test must not leave them.
-
-        Container shims re-parent to init, so they are found by the data dir in their command
-        line; then the mounts containerd made under the data dir are lazily unmounted.
-        """
-        marker = str(self.data_dir)
-        shims = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if marker in cmdline:
-                shims.append(int(entry))
-        # the containers' own processes (pause, workloads) are the shims' children
-        for pid in [p for shim in shims for p in descendants(shim)] + shims:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with open("/proc/mounts") as f:
-            mounts = [line.split()[1] for line in f if marker in line.split()[1]]
-        for target in sorted(mounts, reverse=True):
-            subprocess.run(["umount", "-l", target], capture_output=True)
 
     def wait_exit(self, timeout: float) -> int:
         assert self.proc is not None
@@ -243,6 +231,57 @@ class K3pServer:
         if self.proc.returncode is None:
             raise TimeoutError(f"k3p server did not exit within {timeout}s")
         return self.proc.returncode
+
+
+#: what a node makes in its network namespace and keeps across restarts (by design)
+HOST_LINKS = ("cni0", "flannel.1", "k3p-dns")
+HOST_NFT_TABLES = ("ip k3p-proxy", "ip k3p-flannel")
+
+
+def host_network_objects() -> set[str]:
+    """The node-made links and nftables tables present now, as ``link NAME`` / ``table FAMILY NAME``."""
+    found = {f"link {name}" for name in HOST_LINKS if Path("/sys/class/net", name).exists()}
+    out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    found |= {line.strip() for line in out.splitlines() if line.strip().removeprefix("table ") in HOST_NFT_TABLES}
+    return found
+
+
+def remove_host_network_objects(objects: set[str]) -> None:
+    """Delete what ``host_network_objects`` listed (a test's node in the host namespace made them)."""
+    for obj in sorted(objects):
+        kind, _, name = obj.partition(" ")
+        if kind == "link":
+            subprocess.run(["ip", "link", "delete", name], capture_output=True)
+        else:
+            subprocess.run(["nft", "delete", "table", *name.split()], capture_output=True)
+
+
+def remove_node_leftovers(data_dir: Path) -> None:
+    """Containers outlive k3p by design (a restart adopts them); a test must not leave them.
+
+    Container shims re-parent to init, so they are found by the data dir in their command
+    line; then the mounts containerd made under the data dir are lazily unmounted.
+    """
+    marker = str(data_dir)
+    shims = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            shims.append(int(entry))
+    # the containers' own processes (pause, workloads) are the shims' children
+    for pid in [p for shim in shims for p in descendants(shim)] + shims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with open("/proc/mounts") as f:
+        mounts = [line.split()[1] for line in f if marker in line.split()[1]]
+    for target in sorted(mounts, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True)
 
 
 class HollowNodes:

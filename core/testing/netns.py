@@ -1,0 +1,145 @@
+"""Several k3p nodes on one machine, each in its own network namespace (for multi-node tests).
+
+A ``NetnsLab`` makes a bridge on the host with a private /24 and, per node, a network
+namespace joined to it by a veth pair; the host keeps the bridge's first address, so
+tests reach the nodes' API and ports directly, and all traffic stays on the bridge.
+Processes run in a namespace through ``nsenter --net`` (the mount namespace stays the
+host's, so the mounts containerd makes are visible to the cleanup). ``close()`` stops
+every process the lab started, removes the containers they left, the pod network
+namespaces made meanwhile, the namespaces and the bridge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from k3p.testing.process import K3pServer, remove_node_leftovers, stop_process
+
+NETNS_DIR = Path("/run/netns")
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+@dataclass
+class NetnsNode:
+    """One node's network namespace and its address on the lab bridge."""
+
+    name: str
+    netns: str
+    ip: str
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def prefix(self) -> list[str]:
+        """The command prefix that runs a program in this node's network namespace."""
+        return ["nsenter", f"--net={NETNS_DIR / self.netns}"]
+
+    def run(self, *cmd: str, timeout: float = 30, check: bool = False) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.prefix(), *cmd], capture_output=True, text=True, timeout=timeout, check=check)
+
+
+class NetnsLab:
+    """A bridge with network namespaces attached: one per node."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = Path(workdir)
+        self.id = secrets.token_hex(3)
+        self.bridge = f"k3pt-{self.id}"
+        # a /24 inside 10.200.0.0/13 unlikely to meet anything else on the host
+        n = int(self.id, 16) % 2048
+        self.network = ipaddress.ip_network(f"10.{200 + n // 256}.{n % 256}.0/24")
+        self.gateway = str(self.network.network_address + 1)
+        self.nodes: dict[str, NetnsNode] = {}
+        self.servers: list[K3pServer] = []
+        self.agents: list[tuple[subprocess.Popen[bytes], Path]] = []
+        self._pod_netns_before = {p.name for p in NETNS_DIR.glob("cni-*")} if NETNS_DIR.exists() else set()
+        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+
+    def add_node(self, name: str) -> NetnsNode:
+        index = len(self.nodes) + 2
+        netns = f"k3pt-{self.id}-{name}"
+        ip = str(self.network.network_address + index)
+        host_end = f"k3pt{self.id}{index}"[:15]
+        _ip("netns", "add", netns)
+        node = NetnsNode(name, netns, ip)
+        self.nodes[name] = node
+        _ip("link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        _ip("link", "set", host_end, "master", self.bridge, "up")
+        for args in (("link", "set", "lo", "up"), ("link", "set", "eth0", "up"),
+                     ("addr", "add", f"{ip}/24", "dev", "eth0"),
+                     ("route", "add", "default", "via", self.gateway)):
+            _ip("-n", netns, *args)
+        return node
+
+    def server(self, node: NetnsNode, args: Sequence[str] = (), config: str = "") -> K3pServer:
+        """A ``k3p server`` (with its own node) in ``node``'s namespace on port 6443."""
+        server = K3pServer(self.workdir / node.name, ["--node-name", node.name, "--bind-address", "0.0.0.0",
+                                                     "--kubelet-port", "10250", *args],
+                           config=config, port=6443, agent=True, host=node.ip, prefix=node.prefix())
+        self.servers.append(server)
+        return server
+
+    def agent(self, node: NetnsNode, server: K3pServer, *args: str) -> subprocess.Popen[bytes]:
+        """A ``k3p agent`` in ``node``'s namespace joined to ``server`` with the server token."""
+        workdir = self.workdir / node.name
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = workdir / "config.yaml"
+        if not config.exists():
+            config.write_text("")
+        token = (server.data_dir / "server" / "token").read_text().strip()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("K3P_")}
+        with (workdir / "k3p.log").open("ab") as out:
+            proc = subprocess.Popen(
+                [*node.prefix(), sys.executable, "-m", "k3p", "agent", "--config", str(config),
+                 "--data-dir", str(workdir / "data"), "--server", server.url, "--token", token,
+                 "--node-name", node.name, *args],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+        self.agents.append((proc, workdir / "data"))
+        return proc
+
+    def stop_agent(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+        stop_process(proc, 15, sig)
+
+    def close(self) -> None:
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                server.stop()
+        for proc, data_dir in self.agents:
+            with contextlib.suppress(Exception):
+                stop_process(proc, 15)
+            remove_node_leftovers(data_dir)
+        # processes a test started in a namespace by hand (httpd, wget) die with it
+        for node in self.nodes.values():
+            pids = _ip("netns", "pids", node.netns, check=False).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+        time.sleep(0.1)
+        if NETNS_DIR.exists():
+            for path in NETNS_DIR.glob("cni-*"):
+                if path.name not in self._pod_netns_before:
+                    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+        for node in self.nodes.values():
+            _ip("netns", "delete", node.netns, check=False)
+        _ip("link", "delete", self.bridge, check=False)
+
+    def __enter__(self) -> NetnsLab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
