@@ -75,7 +75,6 @@ def k3p_runtime(config: Config) -> ContainerdRuntime | None:
         endpoint or settings.paths.socket,
         settings.paths,
         pause_image=settings.sandbox_image,
-        manage_cni=not endpoint,
     )
 
 

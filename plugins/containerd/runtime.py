@@ -36,7 +36,6 @@ from k3p.agent.runtime import (
     SandboxStatus,
 )
 from k3p_plugins.containerd import convert, images, logs
-from k3p_plugins.containerd.cni import CONFLIST_NAME, DEFAULT_POD_CIDR, write_cni_config
 from k3p_plugins.containerd.config import DEFAULT_PAUSE_IMAGE
 from k3p_plugins.containerd.paths import NAMESPACE, ContainerdPaths
 
@@ -85,8 +84,8 @@ class ContainerdRuntime:
     """k3p's Runtime protocol spoken to containerd over CRI.
 
     ``endpoint`` is the CRI socket; ``paths`` says where the node's files live (airgap
-    images, pod logs, CNI config). ``manage_cni`` writes the pod network's CNI config
-    (``set_pod_cidr`` changes its subnet); leave it off when another component owns it.
+    images, pod logs). containerd reads the CNI config from ``paths.cni_conf_dir``, where
+    the pod network plugin writes it.
     """
 
     name = "containerd"
@@ -97,22 +96,13 @@ class ContainerdRuntime:
         paths: ContainerdPaths,
         *,
         pause_image: str = DEFAULT_PAUSE_IMAGE,
-        manage_cni: bool = True,
-        cni_network_name: str = "k3p",
-        cni_bridge: str = "cni0",
-        cni_ipam_dir: str | Path | None = None,
         start_timeout: float = 120.0,
         pull_timeout: float = 300.0,
     ) -> None:
         self.socket = socket_path(str(endpoint))
         self.paths = paths
         self.pause_image = ocibuild.normalize_image_name(pause_image)
-        self.manage_cni = manage_cni
-        self.cni_network_name = cni_network_name
-        self.cni_bridge = cni_bridge
-        self.cni_ipam_dir = cni_ipam_dir
-        self.pod_cidr = DEFAULT_POD_CIDR
-        self._pod_cidr_set = False
+        self.pod_cidr = ""
         self.start_timeout = start_timeout
         self.pull_timeout = pull_timeout
         self._channel: grpc.aio.Channel | None = None
@@ -156,12 +146,8 @@ class ContainerdRuntime:
         log.info("connected to containerd", socket=self.socket, version=version)
 
     async def start(self) -> None:
-        """Connect, write the CNI config, import airgap images and make sure the pause image exists."""
+        """Connect, import airgap images and make sure the pause image exists."""
         await self.connect()
-        # Until the kubelet tells the node's podCIDR, keep the config an earlier run wrote
-        # for it rather than putting the placeholder subnet back.
-        if self.manage_cni and (self._pod_cidr_set or not (self.paths.cni_conf_dir / CONFLIST_NAME).exists()):
-            self._write_cni()
         await self.import_airgap_images()
         await self.ensure_pause_image()
 
@@ -196,16 +182,10 @@ class ContainerdRuntime:
 
     # --- pod network ----------------------------------------------------------------------
 
-    async def set_pod_cidr(self, cidr: str) -> None:
-        """Use ``cidr`` (the Node's spec.podCIDR) for pods started from now on."""
-        self._pod_cidr_set = True
-        self.pod_cidr = cidr
-        if self.manage_cni and self._channel is not None and self._write_cni():
-            log.info("pod network config written", pod_cidr=cidr)
-
     async def update_runtime_config(self, pod_cidr: str) -> None:
-        """The node's podCIDR (CRI's UpdateRuntimeConfig): rewrites the CNI config and tells containerd."""
-        await self.set_pod_cidr(pod_cidr)
+        """The node's podCIDR (CRI's UpdateRuntimeConfig). The CNI config itself is the pod network's
+        to write (the flannel plugin, or the user's own CNI with ``--flannel-backend=none``)."""
+        self.pod_cidr = pod_cidr
         if self._rt is not None:
             req = api.UpdateRuntimeConfigRequest(
                 runtime_config=api.RuntimeConfig(network_config=api.NetworkConfig(pod_cidr=pod_cidr)))
@@ -213,10 +193,6 @@ class ContainerdRuntime:
                 await self._rt.UpdateRuntimeConfig(req, timeout=30)
             except grpc.aio.AioRpcError as e:
                 raise _error("UpdateRuntimeConfig", e) from None
-
-    def _write_cni(self) -> bool:
-        return write_cni_config(self.paths.cni_conf_dir, self.pod_cidr, network_name=self.cni_network_name,
-                                bridge=self.cni_bridge, ipam_data_dir=self.cni_ipam_dir)
 
     # --- sandboxes ------------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ from k3p.agent.runtime import Runtime
 from k3p.config import Config, OptionSchema
 from k3p.context import RunContext
 from k3p_plugins import containerd as plugin
-from k3p_plugins.containerd.cni import CONFLIST_NAME, write_cni_config
 from k3p_plugins.containerd.config import ContainerdSettings, write_config
 from k3p_plugins.containerd.images import ImportMarker
 from k3p_plugins.containerd.paths import ContainerdPaths
@@ -52,21 +51,6 @@ def test_template_replaces_the_generated_config(tmp_path: Path):
     conf = tomllib.loads(paths.config_file.read_text())
     assert conf["debug"]["level"] == "debug"
     assert conf["plugins"]["io.containerd.grpc.v1.cri"]["sandbox_image"] == "x/pause:1"
-
-
-def test_cni_conflist(tmp_path: Path):
-    assert write_cni_config(tmp_path, "10.42.3.0/24") is True
-    conf = json.loads((tmp_path / CONFLIST_NAME).read_text())
-    bridge, portmap = conf["plugins"]
-    assert bridge["type"] == "bridge" and bridge["bridge"] == "cni0"
-    assert bridge["isGateway"] and bridge["hairpinMode"]
-    assert bridge["ipam"]["type"] == "host-local"
-    assert bridge["ipam"]["ranges"] == [[{"subnet": "10.42.3.0/24"}]]
-    assert portmap == {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
-    assert write_cni_config(tmp_path, "10.42.3.0/24") is False  # unchanged: not rewritten
-    assert write_cni_config(tmp_path, "10.42.4.0/24") is True
-    assert "10.42.4.0/24" in (tmp_path / CONFLIST_NAME).read_text()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CONFLIST_NAME]
 
 
 @pytest.mark.parametrize(("name", "full"), [
@@ -122,9 +106,8 @@ def test_options_and_runtime_hook(tmp_path: Path):
     rt = plugin.k3p_runtime(_config(tmp_path))
     assert isinstance(rt, Runtime)
     assert rt.socket == str(tmp_path / "agent/containerd/containerd.sock")
-    assert rt.manage_cni
     rt = plugin.k3p_runtime(_config(tmp_path, container_runtime_endpoint="unix:///run/other.sock"))
-    assert rt.socket == "/run/other.sock" and not rt.manage_cni
+    assert rt.socket == "/run/other.sock"
     assert plugin.k3p_runtime(_config(tmp_path, simulate=3)) is None
     ctx = RunContext(config=_config(tmp_path, container_runtime_endpoint="/run/other.sock"),
                      plugins=None, data_dir=tmp_path)  # type: ignore[arg-type]

@@ -46,6 +46,7 @@ from k3p_plugins import containerd as plugin
 from k3p_plugins.containerd.cli import crictl_main, ctr_main
 from k3p_plugins.containerd.paths import ContainerdPaths
 from k3p_plugins.containerd.runtime import ContainerdRuntime
+from k3p_plugins.flannel.cni import CONFLIST_NAME, cni_conflist
 
 BUSYBOX = "/bin/busybox"
 TEST_IMAGE = "k3p.test/busybox:1"
@@ -141,9 +142,12 @@ class Node:
 
     async def new_runtime(self) -> ContainerdRuntime:
         """A started runtime client, as the kubelet gets it (pod CIDR known before start)."""
-        rt = ContainerdRuntime(self.paths.socket, self.paths, cni_network_name=self.network, cni_bridge=self.bridge,
-                               cni_ipam_dir=self.tmp / "ipam", start_timeout=30)
-        await rt.update_runtime_config(self.subnet)
+        # what the pod network plugin writes on a node, on this run's own bridge and subnet
+        conf = cni_conflist(self.subnet, mtu=1500, ipam_data_dir=self.tmp / "ipam", bridge=self.bridge,
+                            network_name=self.network)
+        self.paths.cni_conf_dir.mkdir(parents=True, exist_ok=True)
+        (self.paths.cni_conf_dir / CONFLIST_NAME).write_text(json.dumps(conf))
+        rt = ContainerdRuntime(self.paths.socket, self.paths, start_timeout=30)
         self.runtime = rt
         await rt.start()
         await rt.update_runtime_config(self.subnet)  # once connected, containerd is told as well
