@@ -1,8 +1,10 @@
 """Several k3p nodes on one machine, each in its own network namespace (for multi-node tests).
 
-A ``NetnsLab`` makes a bridge on the host with a private /24 and, per node, a network
-namespace joined to it by a veth pair; the host keeps the bridge's first address, so
-tests reach the nodes' API and ports directly, and all traffic stays on the bridge.
+A ``NetnsLab`` makes a "switch" namespace holding a bridge with a private /24 and, per
+node, a network namespace joined to that bridge by a veth pair. The host joins the
+bridge too, through one more veth pair, and holds the /24's first address: tests reach
+the nodes' API and ports directly. Traffic between nodes is bridged inside the switch
+namespace, so the host's own firewall rules never see it.
 Processes run in a namespace through ``nsenter --net`` (the mount namespace stays the
 host's, so the mounts containerd makes are visible to the cleanup). ``close()`` stops
 every process the lab started, removes the containers they left, the pod network
@@ -55,7 +57,8 @@ class NetnsLab:
     def __init__(self, workdir: Path) -> None:
         self.workdir = Path(workdir)
         self.id = secrets.token_hex(3)
-        self.bridge = f"k3pt-{self.id}"
+        self.switch = f"k3pt-{self.id}-sw"
+        self.uplink = f"k3pt{self.id}h"  # the host's end of its veth pair to the switch
         # a /24 inside 10.200.0.0/13 unlikely to meet anything else on the host
         n = int(self.id, 16) % 2048
         self.network = ipaddress.ip_network(f"10.{200 + n // 256}.{n % 256}.0/24")
@@ -64,20 +67,24 @@ class NetnsLab:
         self.servers: list[K3pServer] = []
         self.agents: list[tuple[subprocess.Popen[bytes], Path]] = []
         self._pod_netns_before = {p.name for p in NETNS_DIR.glob("cni-*")} if NETNS_DIR.exists() else set()
-        _ip("link", "add", self.bridge, "type", "bridge")
-        _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
-        _ip("link", "set", self.bridge, "up")
+        _ip("netns", "add", self.switch)
+        _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
+        _ip("-n", self.switch, "link", "set", "br0", "up")
+        _ip("link", "add", self.uplink, "type", "veth", "peer", "name", "uplink", "netns", self.switch)
+        _ip("-n", self.switch, "link", "set", "uplink", "master", "br0", "up")
+        _ip("addr", "add", f"{self.gateway}/24", "dev", self.uplink)
+        _ip("link", "set", self.uplink, "up")
 
     def add_node(self, name: str) -> NetnsNode:
         index = len(self.nodes) + 2
         netns = f"k3pt-{self.id}-{name}"
         ip = str(self.network.network_address + index)
-        host_end = f"k3pt{self.id}{index}"[:15]
         _ip("netns", "add", netns)
         node = NetnsNode(name, netns, ip)
         self.nodes[name] = node
-        _ip("link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", netns)
-        _ip("link", "set", host_end, "master", self.bridge, "up")
+        port = f"port{index}"
+        _ip("-n", self.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        _ip("-n", self.switch, "link", "set", port, "master", "br0", "up")
         for args in (("link", "set", "lo", "up"), ("link", "set", "eth0", "up"),
                      ("addr", "add", f"{ip}/24", "dev", "eth0"),
                      ("route", "add", "default", "via", self.gateway)):
@@ -136,7 +143,8 @@ class NetnsLab:
                         path.unlink()
         for node in self.nodes.values():
             _ip("netns", "delete", node.netns, check=False)
-        _ip("link", "delete", self.bridge, check=False)
+        _ip("link", "delete", self.uplink, check=False)
+        _ip("netns", "delete", self.switch, check=False)
 
     def __enter__(self) -> NetnsLab:
         return self

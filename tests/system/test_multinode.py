@@ -1,0 +1,253 @@
+"""Several real nodes: a server and agents, each in its own network namespace on one bridge.
+
+Each node runs its own k3p (server or agent) with its own containerd, flannel (vxlan, or
+host-gw), service proxy and cluster DNS. Traffic stays on the test's bridge and inside
+the namespaces it made. Shown: pods reach pods on other nodes by IP, Services by DNS
+name with load balancing, NodePorts on every node, proxy updates after scaling, the data
+plane surviving agent and server restarts, a duplicate node name refused, and a deleted
+node's routes removed from the others.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from containerd_host import IMAGE, REAL_NODE
+from k3p import ocibuild
+from k3p.testing import wait_for
+from k3p.testing.netns import NetnsLab, NetnsNode
+
+pytestmark = REAL_NODE
+
+#: each pod serves its own name on 8080, so a reply says which pod answered
+SERVE = "echo $HOSTNAME > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"
+
+
+class Cluster:
+    """A lab with a server node and agent nodes, and the helpers the tests share."""
+
+    def __init__(self, workdir: Path, agents: list[str], args: list[str]) -> None:
+        self.lab = NetnsLab(workdir)
+        self.nodes: dict[str, NetnsNode] = {}
+        self.agent_procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.args = args
+        try:
+            for name in ["srv", *agents]:
+                self.nodes[name] = self.lab.add_node(name)
+                ocibuild.build_busybox_image(workdir / name / "data/agent/images/busybox.tar", IMAGE)
+            self.server = self.lab.server(self.nodes["srv"], ["--disable", "traefik", *args]).start(timeout=120)
+            for name in agents:
+                self.start_agent(name)
+            wait_for(lambda: self.ready_nodes() == set(self.nodes), 120, 1, "all nodes Ready")
+        except BaseException:
+            self.lab.close()
+            raise
+
+    def start_agent(self, name: str) -> None:
+        self.agent_procs[name] = self.lab.agent(self.nodes[name], self.server)
+
+    def stop_agent(self, name: str) -> None:
+        self.lab.stop_agent(self.agent_procs.pop(name))
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        return self.server.kubectl(*args, input=input, check=check).stdout
+
+    def json(self, *args: str) -> dict:
+        return json.loads(self.kubectl("get", *args, "-o", "json"))
+
+    def ready_nodes(self) -> set[str]:
+        found = set()
+        for node in self.json("nodes").get("items", []):
+            conditions = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}
+            if conditions.get("Ready") == "True":
+                found.add(node["metadata"]["name"])
+        return found
+
+    def apply(self, obj: dict) -> None:
+        self.kubectl("apply", "-f", "-", input=json.dumps(obj))
+
+    def run_pod(self, name: str, node: str) -> str:
+        """A pod serving its name on ``node``; returns its IP once Running."""
+        self.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
+                    "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
+                             "containers": [{"name": "c", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
+                                             "command": ["sh", "-c", SERVE]}]}})
+
+        def running() -> str | None:
+            status = self.json("pod", name)["status"]
+            return status.get("podIP") if status.get("phase") == "Running" else None
+
+        return wait_for(running, 120, 0.5, f"pod {name} Running")
+
+    def fetch(self, pod: str, url: str) -> subprocess.CompletedProcess[str]:
+        """``wget -qO- url`` inside ``pod`` (busybox 1.35's wget crashes with -T: no timeout flag)."""
+        return self.server.kubectl("exec", pod, "--", "wget", "-qO-", url, timeout=30)
+
+    def close(self) -> None:
+        self.lab.close()
+
+
+def http_get(url: str, timeout: float = 2) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read().decode().strip()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("vxlan"), ["a", "b"], [])
+    yield c
+    c.close()
+
+
+def test_nodes_get_distinct_pod_cidrs_and_pods_talk_over_vxlan(cluster: Cluster) -> None:
+    nodes = {n["metadata"]["name"]: n for n in cluster.json("nodes")["items"]}
+    cidrs = {name: n["spec"]["podCIDR"] for name, n in nodes.items()}
+    assert len(set(cidrs.values())) == 3, cidrs
+    annotations = nodes["b"]["metadata"]["annotations"]
+    assert annotations["flannel.alpha.coreos.com/backend-type"] == "vxlan"
+    assert annotations["flannel.alpha.coreos.com/public-ip"] == cluster.nodes["b"].ip
+    link = cluster.nodes["a"].run("ip", "-d", "link", "show", "flannel.1").stdout
+    assert "vxlan id 1 " in link and "dstport 8472" in link
+
+    ip_a, ip_b = cluster.run_pod("pod-a", "a"), cluster.run_pod("pod-b", "b")
+    assert ipaddress.ip_address(ip_a) in ipaddress.ip_network(cidrs["a"])
+    assert cluster.fetch("pod-a", f"http://{ip_b}:8080/").stdout.strip() == "pod-b"
+    assert cluster.fetch("pod-b", f"http://{ip_a}:8080/").stdout.strip() == "pod-a"
+    # the route to b's pods goes through the overlay
+    assert f"{cidrs['b']} via" in cluster.nodes["a"].run("ip", "route").stdout
+
+
+def test_service_by_dns_name_balances_nodeport_answers_everywhere_and_scaling_updates_fast(
+        cluster: Cluster) -> None:
+    cluster.kubectl("create", "deployment", "web", f"--image={IMAGE}", "--replicas=3", "--", "sh", "-c", SERVE)
+    cluster.kubectl("expose", "deployment", "web", "--port=80", "--target-port=8080", "--type=NodePort")
+    cluster.kubectl("rollout", "status", "deployment/web", "--timeout=120s")
+    if "pod-a" not in cluster.kubectl("get", "pods", "-o", "name"):
+        cluster.run_pod("pod-a", "a")
+    replicas = {p["metadata"]["name"] for p in cluster.json("pods", "-l", "app=web")["items"]}
+
+    answers = [cluster.fetch("pod-a", "http://web.default.svc.cluster.local/").stdout.strip() for _ in range(12)]
+    assert set(answers) <= replicas and len(set(answers)) > 1, answers
+    # short names through the pod's search path too
+    assert cluster.fetch("pod-a", "http://web/").stdout.strip() in replicas
+
+    port = cluster.json("service", "web")["spec"]["ports"][0]["nodePort"]
+    for node in cluster.nodes.values():
+        assert http_get(f"http://{node.ip}:{port}/") in replicas
+
+    cluster.kubectl("scale", "deployment/web", "--replicas=0")
+    wait_for(lambda: not cluster.json("pods", "-l", "app=web")["items"], 60, 0.5, "web scaled to 0")
+    failed = cluster.fetch("pod-a", "http://web/")
+    assert failed.returncode != 0
+
+    cluster.kubectl("scale", "deployment/web", "--replicas=1")
+    slices = ("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+              "?labelSelector=kubernetes.io/service-name%3Dweb")
+
+    def endpoint_ready() -> bool:
+        items = json.loads(cluster.server.get(slices)[1])["items"]
+        return any((e.get("conditions") or {}).get("ready") for s in items for e in s.get("endpoints") or [])
+
+    wait_for(endpoint_ready, 120, 0.02, "a ready endpoint")
+    ready_at = time.monotonic()
+
+    def answers_again() -> bool:
+        try:
+            return bool(http_get(f"http://{cluster.nodes['a'].ip}:{port}/", timeout=0.5))
+        except OSError:
+            return False
+
+    wait_for(answers_again, 10, 0.02, "the NodePort answering again")
+    lag = time.monotonic() - ready_at
+    print(f"proxy updated {lag * 1000:.0f} ms after the EndpointSlice had a ready endpoint")
+    assert lag < 1.0
+
+
+def test_agent_and_server_restarts_keep_the_data_plane(cluster: Cluster) -> None:
+    ip_a = cluster.run_pod("pod-a", "a") if "pod-a" not in cluster.kubectl("get", "pods", "-o", "name") \
+        else cluster.json("pod", "pod-a")["status"]["podIP"]
+    ip_b = cluster.run_pod("pod-b", "b") if "pod-b" not in cluster.kubectl("get", "pods", "-o", "name") \
+        else cluster.json("pod", "pod-b")["status"]["podIP"]
+    before = cluster.json("pod", "pod-b")["status"]["containerStatuses"][0]["containerID"]
+
+    cluster.stop_agent("b")
+    assert cluster.fetch("pod-a", f"http://{ip_b}:8080/").stdout.strip() == "pod-b"  # b's agent is down
+    cluster.start_agent("b")
+    wait_for(lambda: "b" in cluster.ready_nodes(), 60, 0.5, "b Ready again")
+    assert cluster.json("pod", "pod-b")["status"]["containerStatuses"][0]["containerID"] == before
+    assert cluster.fetch("pod-a", f"http://{ip_b}:8080/").stdout.strip() == "pod-b"
+
+    # While the server (and its API) is down, pods on the agents keep talking, also by Service IP.
+    cluster.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bee"},
+                   "spec": {"selector": {"app": "pod-b"}, "ports": [{"port": 81, "targetPort": 8080}]}})
+    cluster_ip = cluster.json("service", "bee")["spec"]["clusterIP"]
+    wait_for(lambda: cluster.fetch("pod-a", f"http://{cluster_ip}:81/").stdout.strip() == "pod-b", 30, 0.5)
+    cluster.server.stop()
+    try:
+        pod_a_netns = pod_network_namespace(ip_a)
+        out = subprocess.run(["nsenter", f"--net={pod_a_netns}", "busybox", "wget", "-qO-",
+                              f"http://{cluster_ip}:81/"], capture_output=True, text=True, timeout=20)
+        assert out.stdout.strip() == "pod-b", out.stderr
+    finally:
+        cluster.server.start(timeout=120)
+    wait_for(lambda: cluster.ready_nodes() == set(cluster.nodes), 120, 1, "all nodes Ready after the restart")
+    assert cluster.fetch("pod-a", f"http://{ip_b}:8080/").stdout.strip() == "pod-b"
+
+
+def pod_network_namespace(ip: str) -> str:
+    """The /run/netns entry of the pod that has ``ip``."""
+    for path in Path("/run/netns").glob("cni-*"):
+        out = subprocess.run(["ip", "-n", path.name, "-4", "-o", "addr"], capture_output=True, text=True).stdout
+        if f" {ip}/" in out:
+            return str(path)
+    raise AssertionError(f"no pod network namespace holds {ip}")
+
+
+def test_duplicate_node_name_is_refused_and_a_deleted_nodes_routes_go(cluster: Cluster) -> None:
+    intruder = cluster.lab.add_node("dup")
+    config = cluster.lab.workdir / "dup.yaml"
+    config.write_text("")
+    result = subprocess.run(
+        [*intruder.prefix(), sys.executable, "-m", "k3p", "agent", "--config", str(config),
+         "--data-dir", str(cluster.lab.workdir / "dup"),
+         "--server", cluster.server.url, "--token", (cluster.server.data_dir / "server/token").read_text().strip(),
+         "--node-name", "b"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "node password rejected" in result.stderr
+    assert cluster.json("node", "b")["status"]["addresses"][0]["address"] == cluster.nodes["b"].ip
+
+    cidr_b = cluster.json("node", "b")["spec"]["podCIDR"]
+    assert cidr_b in cluster.nodes["a"].run("ip", "route").stdout
+    cluster.stop_agent("b")
+    cluster.kubectl("delete", "node", "b")
+    wait_for(lambda: cidr_b not in cluster.nodes["a"].run("ip", "route").stdout, 30, 0.5,
+             "a's route to b's pods removed")
+    assert cidr_b not in cluster.nodes["srv"].run("ip", "route").stdout
+    fdb = cluster.nodes["a"].run("bridge", "fdb", "show", "dev", "flannel.1").stdout
+    assert cluster.nodes["b"].ip not in fdb
+
+
+@pytest.fixture(scope="module")
+def host_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("hostgw"), ["a"], ["--flannel-backend=host-gw"])
+    yield c
+    c.close()
+
+
+def test_host_gw_routes_pods_over_plain_routes(host_gw: Cluster) -> None:
+    ip_srv, ip_a = host_gw.run_pod("pod-srv", "srv"), host_gw.run_pod("pod-a", "a")
+    cidr_a = host_gw.json("node", "a")["spec"]["podCIDR"]
+    routes = host_gw.nodes["srv"].run("ip", "route").stdout
+    assert f"{cidr_a} via {host_gw.nodes['a'].ip} dev eth0" in routes, routes
+    assert "flannel.1" not in host_gw.nodes["srv"].run("ip", "link").stdout
+    assert host_gw.fetch("pod-srv", f"http://{ip_a}:8080/").stdout.strip() == "pod-a"
+    assert host_gw.fetch("pod-a", f"http://{ip_srv}:8080/").stdout.strip() == "pod-srv"
+
