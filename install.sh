@@ -22,7 +22,7 @@ fi
 
 packages=(containerd runc containernetworking-plugins iptables nftables iproute2 busybox-static)
 if [ "$with_tests" = 1 ]; then
-  packages+=(etcd-server etcd-client)
+  packages+=(etcd-server etcd-client wrk)
 fi
 missing=()
 for p in "${packages[@]}"; do
