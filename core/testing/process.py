@@ -115,7 +115,8 @@ class K3pServer:
         self.prefix = list(prefix)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "k3p.log"
-        self._host_network_before: set[str] = set()
+        #: taken at the first start: a restarted server's own leftovers are still its own
+        self._host_network_before: set[str] | None = None
 
     @property
     def url(self) -> str:
@@ -142,7 +143,7 @@ class K3pServer:
         return env
 
     def start(self, wait: bool = True, timeout: float = 60.0) -> K3pServer:
-        if self.agent and not self.prefix:
+        if self.agent and not self.prefix and self._host_network_before is None:
             self._host_network_before = host_network_objects()
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -220,7 +221,7 @@ class K3pServer:
         if self.agent:
             remove_node_leftovers(self.data_dir)
             if not self.prefix:
-                remove_host_network_objects(host_network_objects() - self._host_network_before)
+                remove_host_network_objects(host_network_objects() - (self._host_network_before or set()))
         return self.proc.returncode
 
     def wait_exit(self, timeout: float) -> int:

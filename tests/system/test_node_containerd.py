@@ -75,7 +75,9 @@ class Node:
                           if not d.exists()]
         self.netns_before = {p.name for p in Path("/var/run/netns").glob("cni-*")}
         shared = bridge_network()
-        self.server = K3pServer(self.tmp, args=["--cluster-cidr", shared] if shared else [], agent=True)
+        # nothing here needs ports 80/443 of the host
+        args = ["--disable", "traefik", *(["--cluster-cidr", shared] if shared else [])]
+        self.server = K3pServer(self.tmp, args=args, agent=True)
 
     def start(self) -> None:
         self.paths.images_dir.mkdir(parents=True)

@@ -53,7 +53,7 @@ class Node:
         self.ip_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
         self.host_dirs = [d for d in (Path("/run/containerd"), Path("/var/lib/cni"), Path("/run/netns"))
                           if not d.exists()]
-        args = []
+        args = ["--disable", "traefik"]  # nothing here needs ports 80/443 of the host
         shared = bridge_network()
         if shared:
             args += ["--cluster-cidr", shared]
