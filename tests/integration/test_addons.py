@@ -21,7 +21,7 @@ def config_map(name: str, namespace: str, value: str) -> dict:
 
 def test_object_refs_and_stale_refs() -> None:
     assert object_ref("a", role("r")) == ("rbac.authorization.k8s.io/v1", "ClusterRole", "", "r")
-    with pytest.raises(ManifestError, match="needs metadata.namespace"):
+    with pytest.raises(ManifestError, match=r"needs metadata\.namespace"):
         object_ref("a", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}})
     with pytest.raises(ManifestError, match="not one the addon deployer knows"):
         object_ref("a", {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "x"}})
