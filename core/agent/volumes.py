@@ -313,22 +313,40 @@ class VolumeManager:
         return path
 
     async def _claim_path(self, namespace: str, source: Obj) -> str:
-        """A PersistentVolumeClaim bound to a hostPath or local PersistentVolume (local-path style)."""
+        """The host folder of a bound claim's hostPath or local volume (what local-path volumes are).
+
+        The claim must be Bound and its volume's claimRef must point back at it (kube's
+        kubelet checks the same); until then the pod waits in ContainerCreating. Simulated
+        nodes mount nothing and take the claim as it is.
+        """
         claim_name = source.get("claimName", "")
+        if not self.host_paths:
+            return ""
         try:
             claim = await self.client.get(PERSISTENTVOLUMECLAIMS, claim_name, namespace)
         except ApiError as e:
-            if e.not_found:
-                raise VolumeError(f'persistentvolumeclaim "{claim_name}" not found') from None
-            raise VolumeError(str(e)) from None
-        volume_name = (claim.get("spec") or {}).get("volumeName")
-        if not volume_name:
-            raise VolumeError(f'persistentvolumeclaim "{claim_name}" is not bound')
+            raise VolumeError(f"error processing PVC {namespace}/{claim_name}: failed to fetch PVC from API server: "
+                              f"{e.message or e}") from None
+        if (claim.get("metadata") or {}).get("deletionTimestamp"):
+            raise VolumeError(f"can't start pod because PVC {namespace}/{claim_name} is being deleted")
+        phase = (claim.get("status") or {}).get("phase") or ""
+        volume_name = (claim.get("spec") or {}).get("volumeName") or ""
+        if phase != "Bound" or not volume_name:
+            raise VolumeError(f'PVC {namespace}/{claim_name} has non-bound phase ("{phase}") or empty '
+                              f'pvc.Spec.VolumeName ("{volume_name}")')
         try:
             pv = await self.client.get(PERSISTENTVOLUMES, volume_name)
         except ApiError as e:
-            raise VolumeError(f'persistentvolume "{volume_name}": {e.message or e}') from None
+            raise VolumeError(f"failed to fetch PV {volume_name} from API server. err={e.message or e}") from None
         pv_spec = pv.get("spec") or {}
+        ref = pv_spec.get("claimRef")
+        claim_uid = (claim.get("metadata") or {}).get("uid", "")
+        if not ref:
+            raise VolumeError(f"found PV object {volume_name} but it has a nil pv.Spec.ClaimRef indicating it is not "
+                              "yet bound to the claim")
+        if ref.get("uid") != claim_uid:
+            raise VolumeError(f"found PV object {volume_name} but its pv.Spec.ClaimRef.UID ({ref.get('uid')}) does "
+                              f"not point to claim.UID ({claim_uid})")
         if "hostPath" in pv_spec:
             return self._host_path(pv_spec["hostPath"])
         if "local" in pv_spec:
@@ -385,8 +403,10 @@ class VolumeManager:
     def mounts(self, pod: Obj, container: Obj, paths: Mapping[str, str], env: Mapping[str, str] | None = None,
                *, etc_hosts: str = "", termination_file: str = "") -> list[Mount]:
         """The container's mounts: its volumeMounts, plus /etc/hosts and the termination-message file."""
-        kinds = {v.get("name"): next((k for k in WRITTEN_TYPES if k in v), "") for v in
-                 podspec.spec(pod).get("volumes") or []}
+        volumes = podspec.spec(pod).get("volumes") or []
+        kinds = {v.get("name"): next((k for k in WRITTEN_TYPES if k in v), "") for v in volumes}
+        #: a claim mounted with ``readOnly`` is read-only in every container
+        read_only = {v.get("name") for v in volumes if (v.get("persistentVolumeClaim") or {}).get("readOnly")}
         out: list[Mount] = []
         for vm in container.get("volumeMounts") or []:
             name = vm.get("name", "")
@@ -403,7 +423,7 @@ class VolumeManager:
                 if not kinds.get(name) and self.host_paths and not os.path.exists(host):
                     os.makedirs(host, mode=0o755, exist_ok=True)
             out.append(Mount(container_path=vm.get("mountPath", ""), host_path=host,
-                             readonly=bool(vm.get("readOnly")) or bool(kinds.get(name))))
+                             readonly=bool(vm.get("readOnly")) or bool(kinds.get(name)) or name in read_only))
         mounted = {m.container_path for m in out}
         if etc_hosts and "/etc/hosts" not in mounted:
             out.append(Mount(container_path="/etc/hosts", host_path=etc_hosts))

@@ -328,8 +328,28 @@ def _secret_defaults(secret: Obj) -> None:
     secret.setdefault("type", "Opaque")
 
 
+def _claim_defaults(pvc: Obj) -> None:
+    pvc.setdefault("spec", {}).setdefault("volumeMode", "Filesystem")
+    pvc.setdefault("status", {}).setdefault("phase", "Pending")
+
+
+def _volume_defaults(pv: Obj) -> None:
+    spec = pv.setdefault("spec", {})
+    spec.setdefault("persistentVolumeReclaimPolicy", "Retain")
+    spec.setdefault("volumeMode", "Filesystem")
+    pv.setdefault("status", {}).setdefault("phase", "Pending")
+
+
+def _storage_class_defaults(sc: Obj) -> None:
+    sc.setdefault("reclaimPolicy", "Delete")
+    sc.setdefault("volumeBindingMode", "Immediate")
+
+
 _DEFAULTS = {
     ("", "pods"): _pod_defaults,
+    ("", "persistentvolumeclaims"): _claim_defaults,
+    ("", "persistentvolumes"): _volume_defaults,
+    ("storage.k8s.io", "storageclasses"): _storage_class_defaults,
     ("", "services"): _service_defaults,
     ("", "namespaces"): _namespace_defaults,
     ("", "secrets"): _secret_defaults,

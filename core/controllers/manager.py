@@ -21,6 +21,7 @@ from k3p.controllers.garbagecollector import GarbageCollector
 from k3p.controllers.job import JobController
 from k3p.controllers.nodeipam import NodeIpamController
 from k3p.controllers.nodelifecycle import NodeLifecycleController, TaintEvictionController
+from k3p.controllers.persistentvolume import PersistentVolumeController, PVCProtectionController
 from k3p.controllers.podgc import PodGCController
 from k3p.controllers.replicaset import ReplicaSetController, ReplicationControllerController
 from k3p.controllers.serviceaccount import RootCACertPublisher, ServiceAccountController
@@ -37,7 +38,7 @@ CONTROLLERS: dict[str, type[BaseController]] = {
         StatefulSetController, JobController, CronJobController, TTLAfterFinishedController, GarbageCollector,
         ServiceAccountController, RootCACertPublisher, EndpointsController, EndpointSliceController,
         ApiServerEndpointsController, NodeIpamController, NodeLifecycleController, TaintEvictionController,
-        PodGCController,
+        PodGCController, PersistentVolumeController, PVCProtectionController,
     )
 }
 

@@ -29,6 +29,7 @@ from k3p.scheduler.scores import (
     normalize,
     taint_toleration_raw,
 )
+from k3p.scheduler.volumes import VOLUME_BINDING, ClaimsState, VolumeBinder, VolumePlan
 
 MIN_FEASIBLE_NODES = 100
 MIN_FEASIBLE_PERCENT = 5
@@ -55,12 +56,17 @@ class Decision:
     #: the filters that rejected nodes: which cluster changes are worth a retry
     plugins: frozenset[str] = field(default_factory=frozenset)
     scores: dict[str, int] = field(default_factory=dict)
+    #: the pod's claims to bind on the chosen node first (None: the pod has no claims)
+    volumes: VolumePlan | None = None
 
 
 class Algorithm:
-    def __init__(self, cache: SchedulerCache, rng: random.Random | None = None) -> None:
+    def __init__(self, cache: SchedulerCache, rng: random.Random | None = None,
+                 volumes: VolumeBinder | None = None) -> None:
         self.cache = cache
         self.rng = rng or random.Random()
+        #: the VolumeBinding plugin (None: claims are not looked at, as for tools that only place pods)
+        self.volumes = volumes
 
     def schedule(self, pod: PodInfo) -> Decision:
         cache = self.cache
@@ -68,6 +74,14 @@ class Algorithm:
         if not nodes:
             return Decision(None, messages.NO_NODES_AVAILABLE, "SchedulerError", ALL_PLUGINS)
         statuses: dict[str, Status] = {}
+        volume_state: ClaimsState | None = None
+        if pod.claims and self.volumes is not None:
+            volume_state, rejection = self.volumes.prefilter(pod)
+            if volume_state is None:
+                rejected = Status((rejection,), True, VOLUME_BINDING)
+                preemption = self._preemption(pod, nodes, {n.name: rejected for n in nodes})
+                return Decision(None, messages.prefilter_error(len(nodes), rejection, preemption), "Unschedulable",
+                                frozenset({VOLUME_BINDING}))
         candidates = nodes
         if pod.pinned_nodes is not None:
             candidates = [n for n in nodes if n.name in pod.pinned_nodes]
@@ -86,7 +100,8 @@ class Algorithm:
             for i in range(count):
                 node = candidates[(start + i) % count]
                 processed += 1
-                status = (run_node_filters(pod, node, filters) or spread.filter_node(pod, node, spread_state)
+                status = (run_node_filters(pod, node, filters) or self._volume_filter(volume_state, node)
+                          or spread.filter_node(pod, node, spread_state)
                           or interpod.filter_node(pod, node, affinity_state))
                 if status is None:
                     feasible.append(node)
@@ -100,12 +115,23 @@ class Algorithm:
                                          self._preemption(pod, nodes, statuses))
             return Decision(None, message, "Unschedulable", frozenset(s.plugin for s in statuses.values()))
         if len(feasible) == 1:
-            return Decision(feasible[0].name)
+            return Decision(feasible[0].name, volumes=self._volume_plan(pod, volume_state, feasible[0]))
         totals = self.scores(pod, feasible)
         best = max(totals)
         winners = [n for n, total in zip(feasible, totals, strict=True) if total == best]
         chosen = winners[0] if len(winners) == 1 else self.rng.choice(winners)
-        return Decision(chosen.name, scores={n.name: t for n, t in zip(feasible, totals, strict=True)})
+        return Decision(chosen.name, scores={n.name: t for n, t in zip(feasible, totals, strict=True)},
+                        volumes=self._volume_plan(pod, volume_state, chosen))
+
+    def _volume_filter(self, state: ClaimsState | None, node: NodeInfo) -> Status | None:
+        if state is None or self.volumes is None:
+            return None
+        return self.volumes.filter_node(state, node)
+
+    def _volume_plan(self, pod: PodInfo, state: ClaimsState | None, node: NodeInfo) -> VolumePlan | None:
+        if state is None or self.volumes is None:
+            return None
+        return self.volumes.plan(pod, state, node)
 
     def scores(self, pod: PodInfo, nodes: list[NodeInfo]) -> list[int]:
         """The weighted total of every score for each node."""

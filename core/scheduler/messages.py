@@ -44,6 +44,17 @@ def fit_error(num_nodes: int, reason_lists: Iterable[Iterable[str]], preemption:
     return text
 
 
+def prefilter_error(num_nodes: int, reason: str, preemption: str = "") -> str:
+    """The message when one check rejects the pod before any node is looked at (kube's PreFilter).
+
+    e.g. ``0/3 nodes are available: persistentvolumeclaim "data" not found. preemption: ...``
+    """
+    text = f"0/{num_nodes} nodes are available: {reason}."
+    if preemption:
+        text += f" preemption: {preemption}"
+    return text
+
+
 def scheduled(namespace: str, name: str, node: str) -> str:
     """The message of the ``Scheduled`` event."""
     return f"Successfully assigned {namespace}/{name} to {node}"

@@ -366,7 +366,7 @@ def _controller_uid(meta: Mapping[str, Any]) -> str | None:
 class PodInfo:
     """A pod as the scheduler needs it, computed once from the object."""
 
-    __slots__ = ("has_pod_affinity", "host_ports", "key", "labels", "name", "namespace",
+    __slots__ = ("claims", "has_pod_affinity", "host_ports", "key", "labels", "name", "namespace",
                  "node_affinity", "node_name", "node_selector", "nonzero_cpu", "nonzero_memory", "obj", "owner",
                  "phase", "pinned_nodes", "preemption_policy", "preferred_affinity", "preferred_anti_affinity",
                  "preferred_node_affinity", "priority", "requests", "required_affinity", "required_anti_affinity",
@@ -418,6 +418,10 @@ class PodInfo:
                                         for c in spec.get("topologySpreadConstraints") or ())
         uid = _controller_uid(meta)
         self.owner: tuple[str, str] | None = (self.namespace, uid) if uid else None
+        #: the PersistentVolumeClaims its volumes name
+        self.claims: tuple[str, ...] = tuple(
+            v["persistentVolumeClaim"].get("claimName") or "" for v in spec.get("volumes") or ()
+            if v.get("persistentVolumeClaim"))
 
     @property
     def terminal(self) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 from k3p.client import ApiError, Client, EventRecorder, InformerFactory
-from k3p.client.resources import NAMESPACES, NODES, PODS
+from k3p.client.resources import NAMESPACES, NODES, PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES, PODS, STORAGECLASSES
 from k3p.scheduler import messages
 from k3p.scheduler.algorithm import Algorithm
 from k3p.scheduler.cache import SchedulerCache
@@ -30,6 +30,7 @@ from k3p.scheduler.filters import (
 )
 from k3p.scheduler.model import Obj, PodInfo
 from k3p.scheduler.queue import QueuedPod, SchedulingQueue
+from k3p.scheduler.volumes import VOLUME_BINDING, VolumeBinder, VolumeBindingError, VolumePlan
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +41,7 @@ _ON_POD_DELETED = (NODE_RESOURCES_FIT, NODE_PORTS, INTER_POD_AFFINITY, POD_TOPOL
 _ON_POD_ADDED = (INTER_POD_AFFINITY, POD_TOPOLOGY_SPREAD)
 _ON_NODE_DELETED = (INTER_POD_AFFINITY, POD_TOPOLOGY_SPREAD)
 _ON_NAMESPACE = (INTER_POD_AFFINITY,)
+_ON_STORAGE = (VOLUME_BINDING,)
 
 
 def _now() -> str:
@@ -96,9 +98,12 @@ class Scheduler:
         self.scheduler_name = scheduler_name
         self.cache = SchedulerCache()
         self.queue = SchedulingQueue()
-        self.algorithm = Algorithm(self.cache, rng)
-        self.events = EventSink(EventRecorder(client, scheduler_name))
         self.informers = InformerFactory(client)
+        self.volumes = VolumeBinder(self.informers.informer(PERSISTENTVOLUMECLAIMS),
+                                    self.informers.informer(PERSISTENTVOLUMES),
+                                    self.informers.informer(STORAGECLASSES), nodes=self._node_object)
+        self.algorithm = Algorithm(self.cache, rng, self.volumes)
+        self.events = EventSink(EventRecorder(client, scheduler_name))
         self._bind_slots = asyncio.Semaphore(bind_concurrency)
         self._status_slots = asyncio.Semaphore(status_concurrency)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -111,6 +116,9 @@ class Scheduler:
         self.nodes.add_listener(self._on_node)
         self.pods.add_listener(self._on_pod)
         self.namespaces.add_listener(self._on_namespace)
+        self.volumes.claims.add_listener(self._on_storage)
+        self.volumes.volumes.add_listener(self._on_storage)
+        self.volumes.classes.add_listener(self._on_storage)
 
     # --- informer listeners --------------------------------------------------------------
 
@@ -126,6 +134,17 @@ class Scheduler:
             self.cache.remove_namespace(ns["metadata"]["name"])
         elif self.cache.set_namespace(ns):
             self.queue.move(_ON_NAMESPACE)
+
+    def _on_storage(self, type_: str, obj: Obj, _old: Obj | None) -> None:
+        """A claim, volume or class changed: bindings in progress look again, rejected pods retry."""
+        if obj.get("kind") == "PersistentVolume" and type_ != "DELETED":
+            self.volumes.volume_seen(obj)
+        self.volumes.changed()
+        self.queue.move(_ON_STORAGE)
+
+    def _node_object(self, name: str) -> Obj | None:
+        info = self.cache.nodes.get(name)
+        return info.node if info is not None else None
 
     def _on_pod(self, type_: str, pod: Obj, old: Obj | None) -> None:
         meta = pod.get("metadata") or {}
@@ -210,8 +229,45 @@ class Scheduler:
             self._spawn(self._report(pod, decision.reason, decision.message))
             return
         self.cache.assume(pod, decision.node)
+        plan = decision.volumes
+        if plan is not None and plan.needs_binding:
+            # the claims bind first, which may take a provisioner a while: other pods go on meanwhile
+            self.volumes.assume(plan)
+            self._spawn(self._bind_volumes(entry, plan))
+            return
         await self._bind_slots.acquire()
         self._spawn(self._bind(entry, decision.node))
+
+    async def _bind_volumes(self, entry: QueuedPod, plan: VolumePlan) -> None:
+        """kube's PreBind of VolumeBinding, then the pod's own binding."""
+        pod = entry.pod
+
+        def still_wanted() -> bool:
+            current = self.pods.get(pod.key)
+            return (current is not None and (current.get("metadata") or {}).get("uid") == pod.uid
+                    and not (current.get("spec") or {}).get("nodeName")
+                    and not (current.get("metadata") or {}).get("deletionTimestamp"))
+
+        try:
+            await self.volumes.bind(self.client, plan, still_wanted)
+        except asyncio.CancelledError:
+            self.volumes.forget(plan)
+            raise
+        except Exception as e:
+            self.volumes.forget(plan)
+            self.cache.forget(pod.key)
+            self.bind_errors += 1
+            if not isinstance(e, VolumeBindingError):
+                log.exception("volume binding failed", pod=pod.key, node=plan.node)
+            else:
+                log.info("volume binding failed; will retry", pod=pod.key, node=plan.node, error=str(e))
+            if still_wanted():
+                self._spawn(self._report(pod, "SchedulerError", f'running PreBind plugin "{VOLUME_BINDING}": {e}'))
+            self.queue.retry(entry)
+            return
+        self.volumes.forget(plan)
+        await self._bind_slots.acquire()
+        await self._bind(entry, plan.node)
 
     async def _bind(self, entry: QueuedPod, node: str) -> None:
         pod = entry.pod

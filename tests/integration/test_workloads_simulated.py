@@ -106,8 +106,7 @@ spec:
     kubectl(server, "wait", "--for=condition=complete", "job/three", "--timeout=90s")
     kubectl(server, "rollout", "status", "statefulset/db", "--timeout=90s")
     db = sorted(pods(server, "app=db"), key=lambda p: p["metadata"]["creationTimestamp"])
-    # (volumeClaimTemplates need a storage plugin to bind the claims: tests/integration/test_controllers.py
-    # checks that the claims are made; no provisioner exists yet to bind them)
+    # (volumeClaimTemplates with bound claims: tests/integration/test_local_storage.py)
     assert [p["metadata"]["name"] for p in db] == ["db-0", "db-1", "db-2"]
     # a node that joins gets a daemon pod too
     extra = HollowNodes(server, workdir / "late", 1, "late")
