@@ -15,90 +15,14 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from containerd_host import IMAGE, REAL_NODE
-from k3p import ocibuild
 from k3p.testing import wait_for
-from k3p.testing.netns import NetnsLab, NetnsNode
+from lab_cluster import SERVE, Cluster, http_get, pod_network_namespace
 
 pytestmark = REAL_NODE
-
-#: each pod serves its own name on 8080, so a reply says which pod answered
-SERVE = "echo $HOSTNAME > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"
-
-
-class Cluster:
-    """A lab with a server node and agent nodes, and the helpers the tests share."""
-
-    def __init__(self, workdir: Path, agents: list[str], args: list[str]) -> None:
-        self.lab = NetnsLab(workdir)
-        self.nodes: dict[str, NetnsNode] = {}
-        self.agent_procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.args = args
-        try:
-            for name in ["srv", *agents]:
-                self.nodes[name] = self.lab.add_node(name)
-                ocibuild.build_busybox_image(workdir / name / "data/agent/images/busybox.tar", IMAGE)
-            self.server = self.lab.server(self.nodes["srv"], ["--disable", "traefik", *args]).start(timeout=120)
-            for name in agents:
-                self.start_agent(name)
-            wait_for(lambda: self.ready_nodes() == set(self.nodes), 120, 1, "all nodes Ready")
-        except BaseException:
-            self.lab.close()
-            raise
-
-    def start_agent(self, name: str) -> None:
-        self.agent_procs[name] = self.lab.agent(self.nodes[name], self.server)
-
-    def stop_agent(self, name: str) -> None:
-        self.lab.stop_agent(self.agent_procs.pop(name))
-
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
-        return self.server.kubectl(*args, input=input, check=check).stdout
-
-    def json(self, *args: str) -> dict:
-        return json.loads(self.kubectl("get", *args, "-o", "json"))
-
-    def ready_nodes(self) -> set[str]:
-        found = set()
-        for node in self.json("nodes").get("items", []):
-            conditions = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}
-            if conditions.get("Ready") == "True":
-                found.add(node["metadata"]["name"])
-        return found
-
-    def apply(self, obj: dict) -> None:
-        self.kubectl("apply", "-f", "-", input=json.dumps(obj))
-
-    def run_pod(self, name: str, node: str) -> str:
-        """A pod serving its name on ``node``; returns its IP once Running."""
-        self.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
-                    "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
-                             "containers": [{"name": "c", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
-                                             "command": ["sh", "-c", SERVE]}]}})
-
-        def running() -> str | None:
-            status = self.json("pod", name)["status"]
-            return status.get("podIP") if status.get("phase") == "Running" else None
-
-        return wait_for(running, 120, 0.5, f"pod {name} Running")
-
-    def fetch(self, pod: str, url: str) -> subprocess.CompletedProcess[str]:
-        """``wget -qO- url`` inside ``pod`` (busybox 1.35's wget crashes with -T: no timeout flag)."""
-        return self.server.kubectl("exec", pod, "--", "wget", "-qO-", url, timeout=30)
-
-    def close(self) -> None:
-        self.lab.close()
-
-
-def http_get(url: str, timeout: float = 2) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read().decode().strip()
-
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
@@ -200,15 +124,6 @@ def test_agent_and_server_restarts_keep_the_data_plane(cluster: Cluster) -> None
         cluster.server.start(timeout=120)
     wait_for(lambda: cluster.ready_nodes() == set(cluster.nodes), 120, 1, "all nodes Ready after the restart")
     assert cluster.fetch("pod-a", f"http://{ip_b}:8080/").stdout.strip() == "pod-b"
-
-
-def pod_network_namespace(ip: str) -> str:
-    """The /run/netns entry of the pod that has ``ip``."""
-    for path in Path("/run/netns").glob("cni-*"):
-        out = subprocess.run(["ip", "-n", path.name, "-4", "-o", "addr"], capture_output=True, text=True).stdout
-        if f" {ip}/" in out:
-            return str(path)
-    raise AssertionError(f"no pod network namespace holds {ip}")
 
 
 def test_duplicate_node_name_is_refused_and_a_deleted_nodes_routes_go(cluster: Cluster) -> None:
