@@ -26,7 +26,7 @@ from k3p import pki as pki_mod
 from k3p.client import ApiError, Client
 from k3p.client.resources import SECRETS
 from k3p.config import ConfigError, default_data_dir
-from k3p.controllers.manager import parse_duration
+from k3p.durations import parse_duration
 
 NAMESPACE = "kube-system"
 SECRET_TYPE = "bootstrap.kubernetes.io/token"

@@ -27,6 +27,7 @@ from k3p.controllers.replicaset import ReplicaSetController, ReplicationControll
 from k3p.controllers.serviceaccount import RootCACertPublisher, ServiceAccountController
 from k3p.controllers.statefulset import StatefulSetController
 from k3p.controllers.ttlafterfinished import TTLAfterFinishedController
+from k3p.durations import parse_duration
 from k3p.supervisor import Component, Ready, TaskComponent
 
 log = structlog.get_logger(__name__)
@@ -129,37 +130,6 @@ def _advertise_address(ctx: object) -> str:
             return found[0]
     bind = config.get("bind_address") or ""
     return bind if bind and bind not in ("0.0.0.0", "::") else "127.0.0.1"
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from a number or a Go-style duration such as ``40s``, ``5m``, ``1m30s``."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    text = str(value).strip()
-    if not text:
-        raise ValueError("empty duration")
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    total, number = 0.0, ""
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch.isdigit() or ch == ".":
-            number += ch
-            i += 1
-            continue
-        unit = "ms" if text.startswith("ms", i) else ch
-        if unit not in units or not number:
-            raise ValueError(f"invalid duration {text!r}")
-        total += float(number) * units[unit]
-        number = ""
-        i += len(unit)
-    if number:
-        raise ValueError(f"invalid duration {text!r}: missing unit")
-    return total
 
 
 def options_from_config(ctx: object) -> ControllerOptions:

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 from k3p.config import Config
-from k3p.controllers.manager import CONTROLLERS, ControllerManager, options_from_config, parse_duration
+from k3p.controllers.manager import CONTROLLERS, ControllerManager, options_from_config
+from k3p.durations import parse_duration
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("40s", 40), ("5m", 300), ("1m30s", 90), ("250ms", 0.25), (7, 7),
