@@ -286,6 +286,11 @@ class NodeAgent:
             await self.runtime.version()
         except Exception as e:
             return False, f"container runtime is down: {e}"
+        network_ready = getattr(self.runtime, "network_ready", None)
+        if network_ready is not None:
+            ok, message = await network_ready()
+            if not ok:
+                return False, message
         for check in self.config.readiness_checks:
             ok, message = check()
             if not ok:

@@ -182,6 +182,8 @@ class RuntimeError_(Exception):
 class Runtime(Protocol):
     """A container runtime as the kubelet drives it. All methods are coroutines.
 
+    An optional coroutine ``network_ready() -> (ok, message)`` reports whether pods can
+    get a network yet (CRI's NetworkReady condition); the node stays NotReady until it is.
     Two optional attributes let a runtime that runs nothing (simulated nodes) say so:
     ``runs_workloads = False`` (no hostPath directories are created and network probes
     are not made) and ``node_capacity`` (a dict such as ``{"cpu": "4", "memory": "8Gi"}``

@@ -163,6 +163,18 @@ class ContainerdRuntime:
             raise _error("Version", e) from None
         return resp.runtime_version
 
+    async def network_ready(self) -> tuple[bool, str]:
+        """containerd's NetworkReady condition: false until the pod network's CNI config exists."""
+        try:
+            resp = await self.rt.Status(api.StatusRequest(), timeout=10)
+        except grpc.aio.AioRpcError as e:
+            return False, f"container runtime status check failed: {_error('Status', e)}"
+        for c in resp.status.conditions:
+            if c.type == "NetworkReady" and not c.status:
+                return False, (f"container runtime network not ready: NetworkReady=false reason:{c.reason} "
+                               f"message:{c.message}")
+        return True, ""
+
     async def runtime_status(self) -> dict:
         """containerd's CRI status and config (``crictl info``)."""
         try:

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from containerd_host import IMAGE, REAL_NODE
 from k3p.testing import wait_for
+from k3p.testing.netns import NetnsLab
 from lab_cluster import SERVE, Cluster, http_get, pod_network_namespace
 
 pytestmark = REAL_NODE
@@ -166,3 +170,31 @@ def test_host_gw_routes_pods_over_plain_routes(host_gw: Cluster) -> None:
     assert host_gw.fetch("pod-srv", f"http://{ip_a}:8080/").stdout.strip() == "pod-a"
     assert host_gw.fetch("pod-a", f"http://{ip_srv}:8080/").stdout.strip() == "pod-srv"
 
+
+
+def test_backend_none_leaves_the_node_not_ready_until_a_cni_config_exists() -> None:
+    from k3p_plugins.flannel.cni import CONFLIST_NAME, cni_conflist, conf_dir
+
+    workdir = Path(tempfile.mkdtemp(prefix="k3pn-", dir="/tmp"))  # containerd's socket path is limited
+    lab = NetnsLab(workdir)
+    try:
+        node = lab.add_node("srv")
+        server = lab.server(node, ["--disable", "traefik", "--flannel-backend=none"]).start(timeout=120)
+
+        def ready_condition() -> dict:
+            found = json.loads(server.kubectl("get", "node", "srv", "-o", "json", check=True).stdout)
+            return next(c for c in found["status"].get("conditions", []) if c["type"] == "Ready")
+
+        wait_for(lambda: server.kubectl("get", "node", "srv").returncode == 0, 60, 0.5, "the node registered")
+        condition = wait_for(lambda: ready_condition() if ready_condition()["status"] == "False" else None, 30)
+        assert "NetworkReady=false" in condition["message"]
+        assert "flannel.1" not in node.run("ip", "link").stdout
+        # bring your own CNI: any config in the node's CNI folder makes the network ready
+        agent_dir = server.data_dir / "agent"
+        conf_dir(agent_dir).mkdir(parents=True, exist_ok=True)
+        (conf_dir(agent_dir) / CONFLIST_NAME).write_text(json.dumps(
+            cni_conflist("10.42.0.0/24", mtu=1500, ipam_data_dir=agent_dir / "cni/networks")))
+        wait_for(lambda: ready_condition()["status"] == "True", 60, 0.5, "the node Ready")
+    finally:
+        lab.close()
+        shutil.rmtree(workdir, ignore_errors=True)
