@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import resource
 import sqlite3
 import statistics
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -137,6 +138,54 @@ _BUSY = (
     "import time\nend = time.monotonic() + {seconds}\n"
     "while time.monotonic() < end:\n    pass\nprint(time.process_time())"
 )
+
+
+def capacity_line(when: str) -> str:
+    """One line saying how much CPU the machine really gives right now (a noisy neighbour shows here)."""
+    cores = os.cpu_count() or 1
+    got = cpu_capacity(cores)
+    return (f"CPU check {when}: {cores} busy processes got {got:.2f} cores' worth"
+            + ("" if got > cores * 0.9 else " (something else is using this machine: figures are depressed)"))
+
+
+@dataclass
+class WrkResult:
+    """One ``wrk --latency`` run; ``cpu`` holds the benchmark's own CPU shares (of one core) by name."""
+
+    rps: float
+    p50: float
+    p99: float
+    requests: int
+    errors: int
+    cpu: dict[str, float] = field(default_factory=dict)
+
+
+_WRK_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+
+
+def _wrk_seconds(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if not m:
+        raise ValueError(f"unexpected wrk duration {text!r}")
+    return float(m.group(1)) * _WRK_UNITS[m.group(2)]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """Requests/s, p50, p99 and the request and error counts of a ``wrk --latency`` report."""
+    def find(pattern: str) -> str:
+        m = re.search(pattern, output, re.M)
+        if m is None:
+            raise ValueError(f"no {pattern!r} in the wrk output:\n{output}")
+        return m.group(1)
+
+    errors = 0
+    if m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output):
+        errors += int(m.group(1))
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output):
+        errors += sum(int(g) for g in m.groups())
+    return WrkResult(rps=float(find(r"Requests/sec:\s+([\d.]+)")), p50=_wrk_seconds(find(r"^\s+50%\s+(\S+)")),
+                     p99=_wrk_seconds(find(r"^\s+99%\s+(\S+)")), requests=int(find(r"(\d+) requests in")),
+                     errors=errors)
 
 
 def cpu_capacity(processes: int | None = None, seconds: float = 0.5) -> float:

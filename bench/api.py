@@ -43,7 +43,7 @@ from typing import Any
 import aiohttp
 import structlog
 import uvloop
-from _common import CpuWindow, Progress, Stats, banner, cpu_capacity, own_cpu_seconds, percentile, timed_loop
+from _common import CpuWindow, Progress, Stats, banner, capacity_line, own_cpu_seconds, percentile, timed_loop
 from k3p.testing import K3pServer
 from k3p_plugins.datastore_sql.sqlite import SQLiteDatastore
 
@@ -899,13 +899,6 @@ def isolation_flags() -> list[str]:
     return [f for f in ISOLATION_FLAGS if f in helptext]
 
 
-def _capacity_line(when: str) -> str:
-    cores = os.cpu_count() or 1
-    got = cpu_capacity(cores)
-    return (f"CPU check {when}: {cores} busy processes got {got:.2f} cores' worth"
-            + ("" if got > cores * 0.9 else " (something else is using this machine: figures are depressed)"))
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (under a minute)")
@@ -925,8 +918,8 @@ if __name__ == "__main__":
     print(f"{'quick' if args.quick else 'full'} run, loopback only. The server (a subprocess with one asyncio loop) "
           f"and this load generator share the machine's {os.cpu_count()} cores and compete for them: absolute figures "
           f"are lower than with the client on other cores or another machine.")
-    print(_capacity_line("before the run"))
+    print(capacity_line("before the run"))
     server_args = [] if args.whole_server else isolation_flags()
     code = uvloop.run(main(args, profile_dir, server_args))
-    print(_capacity_line("after the run"))
+    print(capacity_line("after the run"))
     sys.exit(code)

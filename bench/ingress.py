@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from _common import CpuWindow, Progress, banner, cpu_capacity, process_cpu_seconds
+from _common import CpuWindow, Progress, WrkResult, banner, capacity_line, parse_wrk, process_cpu_seconds
 
 GOAL_RPS = 3000.0
 GOAL_ADDED_P50 = 0.001
@@ -159,40 +158,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 # --- wrk ------------------------------------------------------------------------------------
 
 
-@dataclass
-class WrkResult:
-    rps: float
-    p50: float
-    p99: float
-    requests: int
-    errors: int
-    proxy_cpu: float | None = None  # share of one core the proxy process used
-
-
-_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
-
-
-def _seconds(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
-    if not m:
-        raise ValueError(f"unexpected wrk duration {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def parse_wrk(output: str) -> WrkResult:
-    """Requests/s, p50, p99, request and error counts from wrk's ``--latency`` report."""
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    p50 = _seconds(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _seconds(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
-    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
-    errors = 0
-    if m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output):
-        errors += int(m.group(1))
-    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output):
-        errors += sum(int(g) for g in m.groups())
-    return WrkResult(rps, p50, p99, requests, errors)
-
-
 def wrk(url: str, seconds: float, connections: int, threads: int, proxy_pid: int | None = None) -> WrkResult:
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
             "-H", f"Host: {HOST}", url]
@@ -203,7 +168,7 @@ def wrk(url: str, seconds: float, connections: int, threads: int, proxy_pid: int
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr or out.stdout}")
     result = parse_wrk(out.stdout)
     if proxy_pid:
-        result.proxy_cpu = (process_cpu_seconds(proxy_pid) - before) / (time.perf_counter() - began)
+        result.cpu["proxy"] = (process_cpu_seconds(proxy_pid) - before) / (time.perf_counter() - began)
     return result
 
 
@@ -261,7 +226,7 @@ def main(args: argparse.Namespace) -> int:
         sys.exit("wrk is needed (apt-get install wrk)")
     print(banner("k3p ingress proxy benchmark"))
     cores = os.cpu_count() or 1
-    print(f"CPU check: {cores} busy processes got {cpu_capacity(cores):.2f} cores' worth")
+    print(capacity_line("before the run"))
     mode = ("static table (proxy alone, no k3p server)" if args.static
             else "routing table from a real k3p server (Service + EndpointSlice + Ingress, the plugin's controller)")
     print(f"proxy: the traefik plugin's IngressProxy in a subprocess (uvloop); {mode}")
@@ -307,7 +272,7 @@ def main(args: argparse.Namespace) -> int:
 
     print(f"\n{'measurement':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'proxy CPU':>11}")
     for (kind, target), r in results.items():
-        cpu = f"{r.proxy_cpu:.2f}" if r.proxy_cpu is not None else "-"
+        cpu = f"{r.cpu['proxy']:.2f}" if "proxy" in r.cpu else "-"
         print(f"{kind + ' ' + target:<28}{r.rps:>10.0f}{fmt_ms(r.p50):>10}{fmt_ms(r.p99):>10}{r.errors:>8}{cpu:>11}")
     lat_d, lat_p = results[("latency", "direct")], results[("latency", "proxy")]
     thr_d, thr_p = results[("throughput", "direct")], results[("throughput", "proxy")]
@@ -316,9 +281,9 @@ def main(args: argparse.Namespace) -> int:
           f"throughput run req/s {thr_p.rps / thr_d.rps:.2f}, p50 {thr_p.p50 / thr_d.p50:.2f}x")
     print(f"added p50 latency (1 connection): {fmt_ms(added)} ms; machine CPU during the runs: "
           f"{machine:.2f} of {cores} cores (proxy CPU is a share of one core)")
-    if thr_p.proxy_cpu:
-        print(f"proxy CPU per request {thr_p.proxy_cpu / thr_p.rps * 1e6:.0f} us: one full core would carry about "
-              f"{thr_p.rps / thr_p.proxy_cpu:.0f} req/s")
+    if thr_p.cpu.get("proxy"):
+        print(f"proxy CPU per request {thr_p.cpu['proxy'] / thr_p.rps * 1e6:.0f} us: one full core would carry about "
+              f"{thr_p.rps / thr_p.cpu['proxy']:.0f} req/s")
     print("\ngoals:")
     goals = [
         (thr_p.rps >= GOAL_RPS, f"throughput through the proxy {thr_p.rps:.0f} req/s >= {GOAL_RPS:.0f}"),

@@ -43,7 +43,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import resource
 import shutil
 import signal
@@ -57,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from _common import Progress, banner, cpu_capacity, percentile, process_cpu_seconds
+from _common import Progress, WrkResult, banner, capacity_line, parse_wrk, percentile, process_cpu_seconds
 from k3p import ocibuild
 from k3p.testing import descendants, stop_process, wait_for
 from k3p.testing.netns import NETNS_DIR, NetnsLab, NetnsNode
@@ -180,46 +179,6 @@ HTTP_CHECK = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[
 # --- wrk --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class WrkResult:
-    rps: float
-    p50: float
-    p99: float
-    requests: int
-    errors: int
-    server_cpu: float | None = None  # share of one core the HTTP server used
-    wrk_cpu: float | None = None  # share of one core wrk used
-    other_cpu: float | None = None  # share of one core used by everything else (nodes, interrupts, other load)
-
-
-_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
-
-
-def _wrk_seconds(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
-    if not m:
-        raise ValueError(f"unexpected wrk duration {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def parse_wrk(output: str) -> WrkResult:
-    """Requests/s, p50, p99 and the request and error counts of a ``wrk --latency`` report."""
-    def find(pattern: str) -> str:
-        m = re.search(pattern, output, re.M)
-        if m is None:
-            raise ValueError(f"no {pattern!r} in the wrk output:\n{output}")
-        return m.group(1)
-
-    errors = 0
-    if m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output):
-        errors += int(m.group(1))
-    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output):
-        errors += sum(int(g) for g in m.groups())
-    return WrkResult(rps=float(find(r"Requests/sec:\s+([\d.]+)")), p50=_wrk_seconds(find(r"^\s+50%\s+(\S+)")),
-                     p99=_wrk_seconds(find(r"^\s+99%\s+(\S+)")), requests=int(find(r"(\d+) requests in")),
-                     errors=errors)
-
-
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -253,8 +212,8 @@ def wrk(netns: str, url: str, seconds: int, connections: int, server_pid: int) -
     result = parse_wrk(out.stdout)
     server = process_cpu_seconds(server_pid) - server_before
     client = _children_cpu() - wrk_before
-    result.server_cpu, result.wrk_cpu = server / wall, client / wall
-    result.other_cpu = max(0.0, _busy_cpu_seconds() - machine_before - server - client) / wall
+    result.cpu.update(server=server / wall, wrk=client / wall)
+    result.cpu["other"] = max(0.0, _busy_cpu_seconds() - machine_before - server - client) / wall
     return result
 
 
@@ -542,9 +501,11 @@ def report(paths: list[PathResult], dns: list[DnsResult], sizes: Sizes) -> None:
         base = baselines[p.cluster]
         lat, thr = p.latency, p.throughput
         errors = lat.errors + thr.errors
-        print(f"{p.path:<32}{p.cluster.split()[0]:<9}| {_ms(lat.p50):>8}{_ms(lat.p99):>8}{_share(lat.other_cpu):>6}"
-              f" | {thr.rps:>7.0f}{_ms(thr.p50):>7}{_ms(thr.p99):>7}{_share(thr.server_cpu):>7}"
-              f"{_share(thr.wrk_cpu):>5}{_share(thr.other_cpu):>6} | "
+        lat_other, thr_server = _share(lat.cpu.get("other")), _share(thr.cpu.get("server"))
+        thr_wrk, thr_other = _share(thr.cpu.get("wrk")), _share(thr.cpu.get("other"))
+        print(f"{p.path:<32}{p.cluster.split()[0]:<9}| {_ms(lat.p50):>8}{_ms(lat.p99):>8}{lat_other:>6}"
+              f" | {thr.rps:>7.0f}{_ms(thr.p50):>7}{_ms(thr.p99):>7}{thr_server:>7}"
+              f"{thr_wrk:>5}{thr_other:>6} | "
               f"{_ratio(lat.p50, base.latency.p50):>17}{_ratio(lat.p99, base.latency.p99):>7}"
               f"{_ratio(thr.rps, base.throughput.rps):>7}" + (f"  ({errors} errors)" if errors else ""))
     print()
@@ -562,7 +523,7 @@ def report(paths: list[PathResult], dns: list[DnsResult], sizes: Sizes) -> None:
         print(f"ClusterIP / pod IP (both cross node): {_ratio(service.latency.p50, direct.latency.p50)} latency "
               f"(p50), {_ratio(service.latency.p99, direct.latency.p99)} (p99), "
               f"{_ratio(service.throughput.rps, direct.throughput.rps)} throughput")
-    bound = [f"{p.path} [{p.cluster.split()[0]}]" for p in paths if (p.throughput.server_cpu or 0) >= 0.85]
+    bound = [f"{p.path} [{p.cluster.split()[0]}]" for p in paths if p.throughput.cpu.get("server", 0) >= 0.85]
     if bound:
         print(f"note: the HTTP server (one Python process) used most of a core in: {'; '.join(bound)}. There the "
               f"throughput is mostly the server's limit, and the req/s ratios understate the network's own difference.")
@@ -616,13 +577,6 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _capacity_line(when: str) -> str:
-    cores = os.cpu_count() or 1
-    got = cpu_capacity(cores)
-    return (f"CPU check {when}: {cores} busy processes got {got:.2f} cores' worth"
-            + ("" if got > cores * 0.9 else " (something else is using this machine: figures are depressed)"))
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -637,7 +591,7 @@ if __name__ == "__main__":
     print(f"{'quick' if args.quick else 'full'} run: two 2-node clusters (vxlan, then host-gw) in network namespaces "
           f"on this machine; all traffic stays inside them. wrk, the HTTP servers and both nodes share the machine's "
           f"{os.cpu_count()} cores.")
-    print(_capacity_line("before the run"))
+    print(capacity_line("before the run"))
     code = main(args)
-    print(_capacity_line("after the run"))
+    print(capacity_line("after the run"))
     sys.exit(code)
