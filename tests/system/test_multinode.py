@@ -130,6 +130,19 @@ def test_agent_and_server_restarts_keep_the_data_plane(cluster: Cluster) -> None
     assert cluster.fetch("pod-a", f"http://{ip_b}:8080/").stdout.strip() == "pod-b"
 
 
+def test_disabling_the_service_proxy_removes_its_rules(cluster: Cluster) -> None:
+    node = cluster.nodes["a"]
+    assert "table ip k3p-proxy" in node.run("nft", "list", "tables").stdout
+    cluster.stop_agent("a")
+    cluster.agent_procs["a"] = cluster.lab.agent(node, cluster.server, "--disable-kube-proxy")
+    wait_for(lambda: "table ip k3p-proxy" not in node.run("nft", "list", "tables").stdout, 60, 0.5,
+             "the proxy's table removed")
+    cluster.stop_agent("a")
+    cluster.start_agent("a")
+    wait_for(lambda: "table ip k3p-proxy" in node.run("nft", "list", "tables").stdout, 60, 0.5,
+             "the proxy's table back")
+
+
 def test_duplicate_node_name_is_refused_and_a_deleted_nodes_routes_go(cluster: Cluster) -> None:
     intruder = cluster.lab.add_node("dup")
     config = cluster.lab.workdir / "dup.yaml"
