@@ -90,10 +90,19 @@ class NetnsLab:
             _ip("-n", netns, *args)
         return node
 
+    def resolv_conf(self) -> Path:
+        """The nodes' resolv.conf: names the cluster DNS cannot answer go nowhere but the node itself."""
+        path = self.workdir / "resolv.conf"
+        if not path.exists():
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            path.write_text("nameserver 127.0.0.1\n")
+        return path
+
     def server(self, node: NetnsNode, args: Sequence[str] = (), config: str = "") -> K3pServer:
         """A ``k3p server`` (with its own node) in ``node``'s namespace on port 6443."""
         server = K3pServer(self.workdir / node.name, ["--node-name", node.name, "--bind-address", "0.0.0.0",
-                                                     "--kubelet-port", "10250", *args],
+                                                     "--kubelet-port", "10250",
+                                                     "--resolv-conf", str(self.resolv_conf()), *args],
                            config=config, port=6443, agent=True, host=node.ip, prefix=node.prefix())
         self.servers.append(server)
         return server
@@ -111,7 +120,7 @@ class NetnsLab:
             proc = subprocess.Popen(
                 [*node.prefix(), sys.executable, "-m", "k3p", "agent", "--config", str(config),
                  "--data-dir", str(workdir / "data"), "--server", server.url, "--token", token,
-                 "--node-name", node.name, *args],
+                 "--node-name", node.name, "--resolv-conf", str(self.resolv_conf()), *args],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
         self.agents.append((proc, workdir / "data"))
         return proc

@@ -110,6 +110,11 @@ class K3pServer:
             self.args.append("--disable-agent")
         if agent and "--kubelet-port" not in self.args:
             self.args += ["--kubelet-port", str(free_port())]
+        if agent and "--resolv-conf" not in self.args:
+            # the node's cluster DNS forwards names it does not know: in a test, only to loopback
+            resolv = self.workdir / "resolv.conf"
+            resolv.write_text("nameserver 127.0.0.1\n")
+            self.args += ["--resolv-conf", str(resolv)]
         self.env = env
         self.host = host
         self.prefix = list(prefix)

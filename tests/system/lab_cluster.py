@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -73,9 +74,34 @@ class Cluster:
 
         return wait_for(running, 120, 0.5, f"pod {name} Running")
 
-    def fetch(self, pod: str, url: str) -> subprocess.CompletedProcess[str]:
-        """``wget -qO- url`` inside ``pod`` (busybox 1.35's wget crashes with -T: no timeout flag)."""
-        return self.server.kubectl("exec", pod, "--", "wget", "-qO-", url, timeout=30)
+    def fetch(self, pod: str, url: str, seconds: int = 10) -> subprocess.CompletedProcess[str]:
+        """``wget -qO- url`` inside ``pod``, given up after ``seconds`` (busybox 1.35's wget crashes with -T)."""
+        return self.server.kubectl("exec", pod, "--", "timeout", str(seconds), "wget", "-qO-", url,
+                                   timeout=seconds + 20)
+
+    def reaches(self, pod: str, url: str, want: str | set[str], timeout: float = 20) -> float:
+        """Wait until ``pod`` gets ``want`` (or one of a set) from ``url``; the seconds it took.
+
+        A pod that has just started may need a moment before the other nodes' routes and
+        the proxy rules cover it, as on any cluster; the time is printed so a slow data
+        plane shows up in the log.
+        """
+        began = time.monotonic()
+        wanted = {want} if isinstance(want, str) else want
+        last = None
+
+        def answered() -> bool:
+            nonlocal last
+            last = self.fetch(pod, url, 3)
+            return last.stdout.strip() in wanted
+
+        try:
+            wait_for(answered, timeout, 0.2, f"{pod} reaching {url}")
+        except TimeoutError:
+            raise AssertionError(f"{pod} never reached {url}: {last.stderr if last else ''}") from None
+        took = time.monotonic() - began
+        print(f"{pod} reached {url} after {took:.2f} s")
+        return took
 
     def close(self) -> None:
         self.lab.close()

@@ -47,8 +47,8 @@ def test_nodes_get_distinct_pod_cidrs_and_pods_talk_over_vxlan(cluster: Cluster)
 
     ip_a, ip_b = cluster.run_pod("pod-a", "a"), cluster.run_pod("pod-b", "b")
     assert ipaddress.ip_address(ip_a) in ipaddress.ip_network(cidrs["a"])
-    assert cluster.fetch("pod-a", f"http://{ip_b}:8080/").stdout.strip() == "pod-b"
-    assert cluster.fetch("pod-b", f"http://{ip_a}:8080/").stdout.strip() == "pod-a"
+    cluster.reaches("pod-a", f"http://{ip_b}:8080/", "pod-b")
+    cluster.reaches("pod-b", f"http://{ip_a}:8080/", "pod-a")
     # the route to b's pods goes through the overlay
     assert f"{cidrs['b']} via" in cluster.nodes["a"].run("ip", "route").stdout
 
@@ -62,6 +62,7 @@ def test_service_by_dns_name_balances_nodeport_answers_everywhere_and_scaling_up
         cluster.run_pod("pod-a", "a")
     replicas = {p["metadata"]["name"] for p in cluster.json("pods", "-l", "app=web")["items"]}
 
+    cluster.reaches("pod-a", "http://web.default.svc.cluster.local/", replicas)
     answers = [cluster.fetch("pod-a", "http://web.default.svc.cluster.local/").stdout.strip() for _ in range(12)]
     assert set(answers) <= replicas and len(set(answers)) > 1, answers
     # short names through the pod's search path too
@@ -180,8 +181,8 @@ def test_host_gw_routes_pods_over_plain_routes(host_gw: Cluster) -> None:
     routes = host_gw.nodes["srv"].run("ip", "route").stdout
     assert f"{cidr_a} via {host_gw.nodes['a'].ip} dev eth0" in routes, routes
     assert "flannel.1" not in host_gw.nodes["srv"].run("ip", "link").stdout
-    assert host_gw.fetch("pod-srv", f"http://{ip_a}:8080/").stdout.strip() == "pod-a"
-    assert host_gw.fetch("pod-a", f"http://{ip_srv}:8080/").stdout.strip() == "pod-srv"
+    host_gw.reaches("pod-srv", f"http://{ip_a}:8080/", "pod-a")
+    host_gw.reaches("pod-a", f"http://{ip_srv}:8080/", "pod-srv")
 
 
 
