@@ -24,6 +24,8 @@ from k3p.apiserver.errors import APIError, bad_request, invalid, method_not_allo
 from k3p.apiserver.handlers import ResourceHandlers
 from k3p.apiserver.node_proxy import KubeletProxy, pod_container
 from k3p.apiserver.openapi import OpenAPIV3
+from k3p.apiserver.openapi_v2 import MEDIA_TYPE as OPENAPI_V2_PROTOBUF
+from k3p.apiserver.openapi_v2 import OpenAPIV2
 from k3p.apiserver.rbac import RBACAuthorizer, forbidden_status
 from k3p.apiserver.registry import Registry, ResourceType, builtin_registry
 from k3p.apiserver.request_info import RequestAttributes, RequestInfoError, UserInfo, request_attributes
@@ -113,6 +115,7 @@ class APIServer:
         self.authz = RBACAuthorizer(CacheRBACSource(self.cache, self.registry))
         self.discovery = discovery.DiscoveryCache(self.registry)
         self.openapi = OpenAPIV3(self.registry)
+        self.openapi_v2 = OpenAPIV2(self.openapi)
         self.allocator = ServiceAllocator(self._services, service_cidr, node_port_range)
         self.handlers = ResourceHandlers(
             datastore, self.cache, admission=[self.allocator, self._admit_crd, *(admission or [])],
@@ -349,6 +352,7 @@ class APIServer:
         app.add_route("/apis/{rest:path}", self.handle, methods=methods)
         app.router.add_websocket_route("/api/{rest:path}", self.handle_websocket)
         app.router.add_websocket_route("/apis/{rest:path}", self.handle_websocket)
+        app.add_route("/openapi/v2", self.handle_openapi_v2, methods=["GET"])
         app.add_route("/openapi/v3", self.handle_openapi, methods=["GET"])
         app.add_route("/openapi/v3/{rest:path}", self.handle_openapi, methods=["GET"])
 
@@ -357,6 +361,23 @@ class APIServer:
             return self.authn.authenticate(request.scope, request.headers.get("authorization"))
         except PermissionError:
             raise APIError(401, "Unauthorized", "Unauthorized") from None
+
+    async def handle_openapi_v2(self, request: Request) -> Response:
+        """The Swagger 2.0 definitions: protobuf when asked for (kubectl), JSON otherwise."""
+        try:
+            if self._user(request) is None:
+                raise APIError(401, "Unauthorized", "Unauthorized")
+        except APIError as e:
+            return bodies.status_response(e)
+        protobuf, as_json, digest = self.openapi_v2.bodies()
+        etag = f'"{digest}"'
+        headers = {"ETag": etag, "Cache-Control": "no-cache, private", "Vary": "Accept"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        if OPENAPI_V2_PROTOBUF in request.headers.get("accept", ""):
+            # Go's media type parser rejects the '@' of the name it asks by: answer as plain bytes
+            return Response(protobuf, media_type="application/octet-stream", headers=headers)
+        return Response(as_json, media_type="application/json", headers=headers)
 
     async def handle_openapi(self, request: Request) -> Response:
         try:

@@ -217,3 +217,45 @@ def test_crd_and_custom_resources_with_printer_columns(server: K3pServer) -> Non
     while time.monotonic() < deadline and server.kubectl("get", "wd").returncode == 0:
         time.sleep(0.5)
     assert server.kubectl("get", "wd").returncode != 0
+
+
+LIST = """apiVersion: v1
+kind: List
+items:
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {name: listed, labels: {app: listed}}
+  spec:
+    replicas: 2
+    selector: {matchLabels: {app: listed}}
+    strategy: {rollingUpdate: {maxSurge: 1, maxUnavailable: "25%"}}
+    template:
+      metadata: {labels: {app: listed}}
+      spec:
+        containers:
+        - name: c
+          image: busybox
+          ports: [{containerPort: 8080}]
+          resources: {limits: {cpu: 1, memory: 64Mi}, requests: {cpu: 100m}}
+          livenessProbe: {httpGet: {path: /, port: 8080}}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: listed}
+  spec: {selector: {app: listed}, ports: [{port: 80, targetPort: 8080}]}
+"""
+
+
+def test_apply_of_a_list_validates_each_item_against_openapi_v2(server: K3pServer) -> None:
+    # kubectl checks a kind: List on the client, item by item, with the /openapi/v2 protobuf document
+    assert "deployment.apps/listed created" in ok(server, "apply", "-f", "-", input=LIST)
+    bad = server.kubectl("apply", "-f", "-", input=LIST.replace("replicas: 2", "replicas: 2\n    replicaz: 3"))
+    assert bad.returncode == 1
+    assert 'unknown field "replicaz" in io.k8s.api.apps.v1.DeploymentSpec' in bad.stderr
+    # what `kubectl get -o yaml` prints for several objects applies again as it is
+    listed = ok(server, "get", "deployment/listed", "service/listed", "-o", "yaml")
+    assert listed.startswith("apiVersion: v1\nitems:")
+    again = server.kubectl("apply", "-f", "-", input=listed)
+    assert again.returncode == 0, again.stderr
+    status, body = server.get("/openapi/v2")
+    assert status == 200 and json.loads(body)["swagger"] == "2.0"
+    assert "io.k8s.api.apps.v1.Deployment" in json.loads(body)["definitions"]
