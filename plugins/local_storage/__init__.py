@@ -66,26 +66,33 @@ def k3p_manifests(config: Config) -> list[dict[str, Any]]:
     return manifests()
 
 
-@hookimpl
-def k3p_server_components(ctx: RunContext) -> list[Component]:
-    """The provisioner: makes a volume for each claim the scheduler has placed on a node."""
+def _controller(ctx: RunContext, name: str, user_agent: str, make: Any, requires: tuple[str, ...] = ()) -> Component:
+    """A component running one of the plugin's controllers (``make(client, informers)``) as its own user."""
     from k3p.client import InformerFactory
     from k3p.supervisor import TaskComponent
-    from k3p_plugins.local_storage.provisioner import Provisioner, run_controller
-
-    base = storage_path(ctx.config, ctx.data_dir)
+    from k3p_plugins.local_storage.provisioner import run_controller
 
     async def run(ready: Any) -> None:
-        assert ctx.component_client is not None, "the provisioner needs ctx.component_client"
-        client = ctx.component_client(COMPONENT, "k3p-local-path-provisioner")
+        assert ctx.component_client is not None, f"{name} needs ctx.component_client"
+        client = ctx.component_client(COMPONENT, user_agent)
         informers = InformerFactory(client)
         try:
-            await run_controller(Provisioner(client, informers, base), informers, ready)
+            await run_controller(make(client, informers), informers, ready)
         finally:
             await client.close()
 
+    return TaskComponent(name, run, requires=requires)
+
+
+@hookimpl
+def k3p_server_components(ctx: RunContext) -> list[Component]:
+    """The provisioner: makes a volume for each claim the scheduler has placed on a node."""
+    from k3p_plugins.local_storage.provisioner import Provisioner
+
+    base = storage_path(ctx.config, ctx.data_dir)
     # after the addon deployer: its user may do nothing before the RBAC above is applied
-    return [TaskComponent("local-storage-provisioner", run, requires=["addons"])]
+    return [_controller(ctx, "local-storage-provisioner", "k3p-local-path-provisioner",
+                        lambda client, informers: Provisioner(client, informers, base), requires=("addons",))]
 
 
 @hookimpl
@@ -93,19 +100,8 @@ def k3p_agent_components(ctx: RunContext) -> list[Component]:
     """On a real node: the folders of its volumes (made, and removed once their claims are deleted)."""
     if not ctx.runs_workloads:
         return []
-    from k3p.client import InformerFactory
-    from k3p.supervisor import TaskComponent
-    from k3p_plugins.local_storage.provisioner import NodeVolumes, run_controller
+    from k3p_plugins.local_storage.provisioner import NodeVolumes
 
     node = ctx.node_name
-
-    async def run(ready: Any) -> None:
-        assert ctx.component_client is not None, "the node's volume keeper needs ctx.component_client"
-        client = ctx.component_client(COMPONENT, "k3p-local-path-node")
-        informers = InformerFactory(client)
-        try:
-            await run_controller(NodeVolumes(client, informers, node), informers, ready)
-        finally:
-            await client.close()
-
-    return [TaskComponent(f"local-storage-{node}", run)]
+    return [_controller(ctx, f"local-storage-{node}", "k3p-local-path-node",
+                        lambda client, informers: NodeVolumes(client, informers, node))]
