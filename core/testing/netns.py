@@ -25,7 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from k3p.testing.process import K3pServer, descendants, remove_node_leftovers, stop_process
+from k3p.testing.process import (
+    K3pServer,
+    pod_network_namespaces,
+    remove_network_namespaces,
+    remove_node_leftovers,
+    stop_process,
+)
 
 NETNS_DIR = Path("/run/netns")
 
@@ -128,27 +134,8 @@ class NetnsLab:
     def stop_agent(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
         stop_process(proc, 15, sig)
 
-    def _own_pod_namespaces(self) -> set[int]:
-        """The network namespaces (by inode) of processes started from this lab's data dirs.
-
-        Container shims carry their node's data dir in their command line; the pods'
-        processes are their descendants and live in the pods' namespaces.
-        """
-        marker = str(self.workdir)
-        shims = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with contextlib.suppress(OSError):
-                    if marker in Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace"):
-                        shims.append(int(entry))
-        found = set()
-        for pid in [p for shim in shims for p in descendants(shim)]:
-            with contextlib.suppress(OSError):
-                found.add(os.stat(f"/proc/{pid}/ns/net").st_ino)
-        return found
-
     def close(self) -> None:
-        pod_namespaces = self._own_pod_namespaces()
+        pod_namespaces = pod_network_namespaces(str(self.workdir))
         for server in self.servers:
             with contextlib.suppress(Exception):
                 server.stop()
@@ -163,16 +150,7 @@ class NetnsLab:
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
         time.sleep(0.1)
-        # only this lab's pods' entries: other runs on the host may have pods of their own
-        for path in NETNS_DIR.glob("cni-*") if NETNS_DIR.exists() else ():
-            try:
-                inode = path.stat().st_ino
-            except OSError:
-                continue
-            if inode in pod_namespaces:
-                subprocess.run(["umount", "-l", str(path)], capture_output=True)
-                with contextlib.suppress(OSError):
-                    path.unlink()
+        remove_network_namespaces(pod_namespaces)
         for node in self.nodes.values():
             _ip("netns", "delete", node.netns, check=False)
         _ip("link", "delete", self.uplink, check=False)

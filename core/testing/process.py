@@ -262,6 +262,40 @@ def remove_host_network_objects(objects: set[str]) -> None:
             subprocess.run(["nft", "delete", "table", *name.split()], capture_output=True)
 
 
+def pod_network_namespaces(marker: str) -> set[int]:
+    """The network namespaces (by inode) of the pods of the containerd shims whose command line has ``marker``.
+
+    Shims carry their node's data dir in their command line; the pods' processes are
+    their descendants and live in the pods' namespaces. Take this before stopping a node:
+    its pods' ``/run/netns`` entries are then told apart from other runs' by inode.
+    """
+    shims = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if marker in Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace"):
+                    shims.append(int(entry))
+    found = set()
+    for pid in [p for shim in shims for p in descendants(shim)]:
+        with contextlib.suppress(OSError):
+            found.add(os.stat(f"/proc/{pid}/ns/net").st_ino)
+    return found
+
+
+def remove_network_namespaces(inodes: set[int]) -> None:
+    """Unmount and remove the ``/run/netns/cni-*`` entries of the given namespaces."""
+    folder = Path("/run/netns")
+    for path in folder.glob("cni-*") if folder.exists() else ():
+        try:
+            inode = path.stat().st_ino
+        except OSError:
+            continue
+        if inode in inodes:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
 def remove_node_leftovers(data_dir: Path) -> None:
     """Containers outlive k3p by design (a restart adopts them); a test must not leave them.
 

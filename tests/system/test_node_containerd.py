@@ -5,23 +5,20 @@ airgap images folder before start. Covered: pods outlive a kill -9 of k3p and ar
 by the restarted kubelet; configMap and secret volumes and env (and their refresh); memory
 limits in the container's cgroup; graceful deletion leaves no sandbox nor network namespace.
 
-The teardown deletes the pods, stops the server (which kills the shims it finds and
-unmounts what containerd mounted under the data dir), then removes what else is left of
-this run: runc state, network namespaces, CNI state, the bridge if this run made it, and
-the temp dir. The host checks and the shared-bridge rule live in containerd_host.py.
+The node and its teardown are ``containerd_host.HostNode``: it deletes the pods, stops
+the server (which kills the shims it finds, unmounts what containerd mounted under the
+data dir and removes the links and tables the node made), then removes the pods' network
+namespaces, CNI cache entries and the temp dir.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -29,10 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from containerd_host import BRIDGE, IMAGE, REAL_NODE, bridge_network
-from k3p import ocibuild
-from k3p.testing import K3pServer
-from k3p_plugins.containerd.paths import ContainerdPaths
+from containerd_host import IMAGE, REAL_NODE, HostNode
 
 PAGE = b"<h1>k3p node</h1>\n"
 MiB = 1024 * 1024
@@ -62,49 +56,15 @@ def _eventually(check: Callable[[], Any], timeout: float, what: str, interval: f
         time.sleep(interval)
 
 
-class Node:
+class Node(HostNode):
     """A `k3p server` with its own containerd node, and everything needed to undo it."""
 
     def __init__(self) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="k3pn-", dir="/tmp"))  # containerd's socket path is limited
-        self.data = self.tmp / "data"
-        self.paths = ContainerdPaths.from_data_dir(self.data)
-        self.had_bridge = Path(f"/sys/class/net/{BRIDGE}").exists()
-        self.ip_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
-        self.host_dirs = [d for d in (Path("/run/containerd"), Path("/var/lib/cni"), Path("/run/netns"))
-                          if not d.exists()]
-        self.netns_before = {p.name for p in Path("/var/run/netns").glob("cni-*")}
-        shared = bridge_network()
         # nothing here needs ports 80/443 of the host
-        args = ["--disable", "traefik", *(["--cluster-cidr", shared] if shared else [])]
-        self.server = K3pServer(self.tmp, args=args, agent=True)
-
-    def start(self) -> None:
-        self.paths.images_dir.mkdir(parents=True)
-        ocibuild.build_busybox_image(self.paths.images_dir / "busybox.tar", IMAGE, files={"www/index.html": PAGE})
-        self.server.start(timeout=120)
-
-    def kubectl(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-        return self.server.kubectl(*args, input=input, timeout=timeout)
-
-    def apply(self, obj: dict) -> None:
-        got = self.kubectl("apply", "-f", "-", input=json.dumps(obj))
-        assert got.returncode == 0, got.stderr
-
-    def run_pod(self, name: str, command: list[str], spec: dict | None = None, **container: Any) -> dict:
-        """Create the pod, wait until it is Ready and return it."""
-        self.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-                    "spec": {"terminationGracePeriodSeconds": 1, **(spec or {}), "containers": [
-                        {"name": name, "image": IMAGE, "imagePullPolicy": "IfNotPresent", "command": command,
-                         **container}]}})
-        got = self.kubectl("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=90s", timeout=100)
-        assert got.returncode == 0, got.stderr + self.kubectl("describe", "pod", name).stdout
-        return self.pod(name)
+        super().__init__("k3pn-", ["--disable", "traefik"], PAGE)
 
     def pod(self, name: str) -> dict:
-        got = self.kubectl("get", "pod", name, "-o", "json")
-        assert got.returncode == 0, got.stderr
-        return json.loads(got.stdout)
+        return self.get("pod", name)
 
     def exec(self, pod: str, *command: str) -> str:
         got = self.kubectl("exec", pod, "--", *command)
@@ -120,32 +80,6 @@ class Node:
         got = self.crictl("inspect", container_id.split("://")[-1])
         assert got.returncode == 0, got.stderr
         return int(_verbose_info(got.stdout)["pid"])
-
-    # --- teardown -----------------------------------------------------------------------
-
-    def cleanup(self) -> None:
-        with contextlib.suppress(Exception):
-            if self.server.proc is not None and self.server.proc.poll() is None:
-                self.kubectl("delete", "pods", "--all", "--wait=true", "--timeout=60s", timeout=90)
-        self.server.stop()
-        runc_root = self.paths.runc_root / "k8s.io"
-        if runc_root.is_dir():
-            for cid in os.listdir(runc_root):
-                subprocess.run(["runc", "--root", str(runc_root), "delete", "--force", cid], capture_output=True)
-        for path in Path("/var/run/netns").glob("cni-*"):
-            if path.name not in self.netns_before:
-                subprocess.run(["ip", "netns", "delete", path.name], capture_output=True)
-        if not self.had_bridge and Path(f"/sys/class/net/{BRIDGE}").exists() \
-                and not any(Path(f"/sys/class/net/{BRIDGE}/brif").iterdir()):
-            subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
-            Path("/proc/sys/net/ipv4/ip_forward").write_text(self.ip_forward)
-        for top in self.host_dirs:
-            for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

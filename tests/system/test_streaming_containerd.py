@@ -2,37 +2,27 @@
 `k3p server` running its own node on containerd.
 
 The busybox image is built on the spot and put into the node's airgap images folder.
-The teardown deletes the pods (so the kubelet removes sandboxes and their networks),
-stops the server, then removes whatever is still left of this run: shims and their
-containers, network namespaces, mounts, CNI state and NAT rules, the bridge if this run
-made it, and the temp dir.
+The teardown (``containerd_host.HostNode``) deletes the pods, stops the server and
+removes whatever is still left of this run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import pty
 import random
-import shlex
-import shutil
 import signal
 import struct
 import subprocess
-import tempfile
 import termios
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-from containerd_host import BRIDGE, IMAGE, REAL_NODE, bridge_network
-from k3p import ocibuild
-from k3p.testing import K3pServer, descendants, free_port
-from k3p_plugins.containerd.paths import ContainerdPaths
+from containerd_host import REAL_NODE, HostNode
+from k3p.testing import free_port
 
 PAGE = b"<h1>served from a k3p pod</h1>\n"
 
@@ -42,128 +32,20 @@ pytestmark = REAL_NODE
 
 
 
-class Node:
+class Node(HostNode):
     """A `k3p server` with its own containerd node, and everything needed to undo it."""
 
     def __init__(self) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="k3ps-", dir="/tmp"))
-        self.data = self.tmp / "data"
-        self.paths = ContainerdPaths.from_data_dir(self.data)
-        self.had_bridge = Path(f"/sys/class/net/{BRIDGE}").exists()
-        self.ip_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
-        self.host_dirs = [d for d in (Path("/run/containerd"), Path("/var/lib/cni"), Path("/run/netns"))
-                          if not d.exists()]
-        args = ["--disable", "traefik"]  # nothing here needs ports 80/443 of the host
-        shared = bridge_network()
-        if shared:
-            args += ["--cluster-cidr", shared]
-        self.server = K3pServer(self.tmp, args=args, agent=True)
-
-    def start(self) -> None:
-        self.paths.images_dir.mkdir(parents=True)
-        ocibuild.build_busybox_image(self.paths.images_dir / "busybox.tar", IMAGE, files={"www/index.html": PAGE})
-        self.server.start(timeout=120)
+        super().__init__("k3ps-", ["--disable", "traefik"], PAGE)  # nothing here needs ports 80/443
 
     def kubectl(self, *args: str, input: str | bytes | None = None, timeout: float = 60
                 ) -> subprocess.CompletedProcess:
-        env = {**os.environ, "KUBECONFIG": str(self.server.kubeconfig), "KUBECACHEDIR": str(self.tmp / "cache")}
-        return subprocess.run(["kubectl", *args], input=input, capture_output=True, env=env, timeout=timeout,
-                              text=not isinstance(input, bytes))
+        """kubectl that also takes bytes on stdin (binary streams through attach and exec)."""
+        return subprocess.run(["kubectl", *args], input=input, capture_output=True, env=self.env(),
+                              timeout=timeout, text=not isinstance(input, bytes))
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.server.kubeconfig), "KUBECACHEDIR": str(self.tmp / "cache")}
-
-    def run_pod(self, name: str, command: list[str], **container: object) -> None:
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-               "spec": {"terminationGracePeriodSeconds": 1, "containers": [
-                   {"name": name, "image": IMAGE, "imagePullPolicy": "IfNotPresent", "command": command,
-                    **container}]}}
-        got = self.kubectl("apply", "-f", "-", input=json.dumps(pod))
-        assert got.returncode == 0, got.stderr
-        got = self.kubectl("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=90s", timeout=100)
-        assert got.returncode == 0, got.stderr + self.kubectl("describe", "pod", name).stdout
-
-    # --- teardown -----------------------------------------------------------------------
-
-    def _shims(self) -> list[tuple[int, str]]:
-        """(pid, sandbox id) of the shims of this run's containerd."""
-        found = []
-        socket = str(self.paths.socket).encode()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if argv and argv[0].endswith(b"containerd-shim-runc-v2") and socket in argv and b"-id" in argv:
-                found.append((int(entry.name), argv[argv.index(b"-id") + 1].decode()))
-        return found
-
-    def cleanup(self) -> None:
-        with contextlib.suppress(Exception):
-            if self.server.proc is not None and self.server.proc.poll() is None:
-                self.kubectl("delete", "pods", "--all", "--wait=true", "--timeout=60s", timeout=90)
-        shims = self._shims()
-        sandboxes = {sid for _, sid in shims}
-        netns = set()
-        for pid, _ in shims:
-            for child in descendants(pid):
-                with contextlib.suppress(OSError):
-                    netns.add(os.stat(f"/proc/{child}/ns/net").st_ino)
-        self.server.stop()
-        runc_root = self.paths.runc_root / "k8s.io"
-        if runc_root.is_dir():
-            for cid in os.listdir(runc_root):
-                subprocess.run(["runc", "--root", str(runc_root), "delete", "--force", cid], capture_output=True)
-        for pid, _ in shims:
-            for child in [*descendants(pid), pid]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child, signal.SIGKILL)
-        for path in Path("/var/run/netns").glob("cni-*"):
-            with contextlib.suppress(OSError):
-                if os.stat(path).st_ino in netns:
-                    subprocess.run(["ip", "netns", "delete", path.name], capture_output=True)
-        mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-                  if line.split()[4].startswith(str(self.tmp) + "/")]
-        for point in sorted(mounts, key=len, reverse=True):
-            subprocess.run(["umount", "-l", point], capture_output=True)
-        self._remove_cni_state(sandboxes)
-        if not self.had_bridge and Path(f"/sys/class/net/{BRIDGE}").exists() \
-                and not any(Path(f"/sys/class/net/{BRIDGE}/brif").iterdir()):
-            subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
-            Path("/proc/sys/net/ipv4/ip_forward").write_text(self.ip_forward)
-        for top in self.host_dirs:
-            for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def _remove_cni_state(self, sandboxes: set[str]) -> None:
-        """What CNI DEL would have removed for sandboxes that were not torn down by the kubelet."""
-        if not sandboxes:
-            return
-        rules = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout.splitlines()
-        chains = set()
-        for rule in rules:
-            if rule.startswith("-A ") and any(sid in rule for sid in sandboxes):
-                args = rule.split()
-                if "-j" in args:
-                    chains.add(args[args.index("-j") + 1])
-                subprocess.run(["iptables", "-t", "nat", "-D", *shlex.split(rule[3:])], capture_output=True)
-        for chain in chains:
-            if chain.startswith("CNI-"):
-                subprocess.run(["iptables", "-t", "nat", "-F", chain], capture_output=True)
-                subprocess.run(["iptables", "-t", "nat", "-X", chain], capture_output=True)
-        for folder in (Path("/var/lib/cni/results"), Path("/var/lib/cni/networks/k3p")):
-            if folder.is_dir():
-                for f in folder.iterdir():
-                    with contextlib.suppress(OSError):
-                        if any(sid in f.name for sid in sandboxes) or \
-                                any(sid in f.read_text(errors="replace") for sid in sandboxes):
-                            f.unlink()
 
 
 @pytest.fixture(scope="module")
