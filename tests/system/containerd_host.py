@@ -52,6 +52,16 @@ REAL_NODE = [pytest.mark.slow, pytest.mark.root,
              pytest.mark.skipif(bool(missing_reason()), reason=missing_reason() or "ok")]
 
 
+def remove_new_dirs(dirs: Sequence[Path]) -> None:
+    """Remove host folders a run made (containerd's and CNI's fixed paths), if nothing else is in them."""
+    for top in dirs:
+        for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()
+
+
 class HostNode:
     """A `k3p server` with its own containerd node in the host's namespace, and everything to undo it.
 
@@ -128,10 +138,16 @@ class HostNode:
                 with contextlib.suppress(OSError):
                     f.unlink()
         Path("/proc/sys/net/ipv4/ip_forward").write_text(self.ip_forward)
-        for top in self.host_dirs:
-            for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
+        remove_new_dirs(self.host_dirs)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> HostNode:
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from containerd_host import remove_new_dirs
 from k3p import ocibuild
 from k3p.agent.runtime import (
     LABEL_CONTAINER_NAME,
@@ -227,7 +228,6 @@ class Node:
                 subprocess.run(["ip", "netns", "delete", Path(path).name], capture_output=True)
         if Path(f"/sys/class/net/{self.bridge}").exists():
             subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
-        self._remove_nat_rules()
         results = Path("/var/lib/cni/results")
         if results.is_dir():
             for f in results.iterdir():
@@ -235,34 +235,8 @@ class Node:
                     f.unlink(missing_ok=True)
         shutil.rmtree(Path("/var/lib/cni/networks") / self.network, ignore_errors=True)
         Path("/proc/sys/net/ipv4/ip_forward").write_text(self.ip_forward)
-        for top in self.host_dirs:
-            for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
+        remove_new_dirs(self.host_dirs)
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def _remove_nat_rules(self) -> None:
-        """The bridge plugin's masquerade rules carry the network name in their comment."""
-        rules = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout.splitlines()
-        chains = set()
-        for rule in rules:
-            if rule.startswith("-A ") and f'name: \\"{self.network}\\"' in rule:
-                args = rule.split()
-                if "-j" in args:
-                    chains.add(args[args.index("-j") + 1])
-                subprocess.run(["iptables", "-t", "nat", "-D", *_split_rule(rule[3:])], capture_output=True)
-        for chain in chains:
-            if chain.startswith("CNI-"):
-                subprocess.run(["iptables", "-t", "nat", "-F", chain], capture_output=True)
-                subprocess.run(["iptables", "-t", "nat", "-X", chain], capture_output=True)
-
-
-def _split_rule(rule: str) -> list[str]:
-    import shlex
-
-    return shlex.split(rule)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

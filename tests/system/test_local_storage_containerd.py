@@ -22,12 +22,8 @@ pytestmark = REAL_NODE
 
 @pytest.fixture(scope="module")
 def node():
-    n = Node()
-    try:
-        n.start()
+    with Node() as n:
         yield n
-    finally:
-        n.cleanup()
 
 
 def _get(node: Node, *what: str) -> dict | None:

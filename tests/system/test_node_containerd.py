@@ -84,12 +84,8 @@ class Node(HostNode):
 
 @pytest.fixture(scope="module")
 def node():
-    n = Node()
-    try:
-        n.start()
+    with Node() as n:
         yield n
-    finally:
-        n.cleanup()
 
 
 def _ready(pod: dict) -> bool:

@@ -50,13 +50,9 @@ class Node(HostNode):
 
 @pytest.fixture(scope="module")
 def node():
-    n = Node()
-    try:
-        n.start()
+    with Node() as n:
         n.run_pod("web", ["httpd", "-f", "-p", "8080", "-h", "/www"])
         yield n
-    finally:
-        n.cleanup()
 
 
 # --- kubectl -------------------------------------------------------------------------------

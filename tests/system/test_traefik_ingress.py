@@ -59,12 +59,8 @@ class Node(HostNode):
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
-    n = Node()
-    try:
-        n.start()
+    with Node() as n:
         yield n
-    finally:
-        n.cleanup()
 
 
 def test_ingress_routes_to_a_pod_and_reports_the_node(node: Node) -> None:
