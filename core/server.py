@@ -191,6 +191,7 @@ def attach_clients(ctx: RunContext) -> None:
 def node_components(ctx: RunContext) -> list[Component]:
     """This server's own node: the kubelet and node agent over the runtime a plugin provides."""
     from k3p.agent.components import agent_components, node_service_components
+    from k3p.agent.node import node_ip
     from k3p.agent.server import kubelet_server_component
 
     runtime = ctx.plugins.hook.k3p_runtime(config=ctx.config)
@@ -199,12 +200,13 @@ def node_components(ctx: RunContext) -> list[Component]:
                     enabled=",".join(ctx.plugins.enabled()))
         return []
     ctx.runs_workloads = getattr(runtime, "runs_workloads", True)
+    ctx.node_ips = [node_ip(ctx.config)]
     assert ctx.pki is not None
     pki, node = ctx.pki, ctx.node_name
     cert, key = pki_mod.ensure_client_cert(pki, f"kubelet-{node}", f"system:node:{node}", ["system:nodes"])
     serving_cert, serving_key = pki.tls_dir / "serving-kubelet.crt", pki.tls_dir / "serving-kubelet.key"
     chain, serving_pem_key = pki_mod.issue_serving_pem(pki, f"system:node:{node}", [node, "localhost"],
-                                                       ["127.0.0.1", *ctx.extra.get("node_ips", [])])
+                                                       ["127.0.0.1", *ctx.extra.get("host_addresses", [])])
     pki_mod.write_private(serving_key, serving_pem_key)
     pki_mod.write_private(serving_cert, chain, 0o644)
     ca = pki.server_ca.cert_path
@@ -266,8 +268,7 @@ async def run_server(config: Config, plugins: PluginManager) -> int:
     if stop.is_set():
         return 0
     ctx.node_name = (config.get("node_name") or socket.gethostname()).lower()
-    ctx.extra["node_ips"] = node_ips
-    ctx.node_ips = [config.get("node_ip")] if config.get("node_ip") else node_ips[:1]
+    ctx.extra["host_addresses"] = node_ips
     ctx.cluster = cluster_settings(config, plugins)
     attach_clients(ctx)
     store = select_datastore(config, plugins)

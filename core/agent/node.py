@@ -108,6 +108,11 @@ def host_ip() -> str:
     return "127.0.0.1"
 
 
+def node_ip(config: Any) -> str:
+    """The node's InternalIP: ``--node-ip``, else the host's first address (as NodeAgent registers it)."""
+    return config.get("node_ip") or host_ip()
+
+
 def _read(path: str) -> str:
     try:
         return Path(path).read_text().strip()

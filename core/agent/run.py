@@ -119,6 +119,8 @@ async def run_agent(config: Config, plugins: PluginManager) -> int:
             log.info("joining simulated nodes", joined=i + 1, total=len(names))
     assert first is not None
     creds_dir = data_dir / "credentials"
+    from k3p.agent.components import node_service_components
+    from k3p.agent.node import node_ip
 
     def component_client(component: str, user_agent: str) -> Client:
         cert, key = component_credentials(first, component, creds_dir)
@@ -127,9 +129,7 @@ async def run_agent(config: Config, plugins: PluginManager) -> int:
     ctx = RunContext(config=config, plugins=plugins, data_dir=config.data_path, api_url=first.server_url,
                      node_name=names[0], new_client=client_factory(first), component_client=component_client,
                      runs_workloads=not simulated,
-                     node_ips=addresses[:1], cluster=dict(first.cluster))
-    from k3p.agent.components import node_service_components
-
+                     node_ips=[node_ip(config)], cluster=dict(first.cluster))
     components += node_service_components(ctx)
     off = set(ctx.cluster.get("disabledPlugins") or ())
     for plugin, batch in plugins.call_each("k3p_agent_components", ctx=ctx):
