@@ -9,12 +9,11 @@ teardown helper does upstream).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from containerd_host import REAL_NODE
+from k3p.testing import wait_for
 from test_node_containerd import Node
 
 pytestmark = REAL_NODE
@@ -31,17 +30,6 @@ def _get(node: Node, *what: str) -> dict | None:
     return json.loads(got.stdout) if got.returncode == 0 else None
 
 
-def _wait(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.5)
-
-
 def test_claim_folder_written_read_only_mount_and_removed_with_the_claim(node: Node) -> None:
     node.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "notes"},
                 "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}}})
@@ -54,8 +42,8 @@ def test_claim_folder_written_read_only_mount_and_removed_with_the_claim(node: N
     folder = Path(volume["spec"]["hostPath"]["path"])
     assert folder.parent == node.data / "storage"
     assert folder.name == f"pvc-{claim['metadata']['uid']}_default_notes"
-    assert _wait(lambda: (folder / "greeting").exists() and (folder / "greeting").read_text(), 30,
-                 "the pod's file on the host") == "hello\n"
+    assert wait_for(lambda: (folder / "greeting").exists() and (folder / "greeting").read_text(), 30, 0.5,
+                    "the pod's file on the host") == "hello\n"
 
     read_only = [{"name": "data", "persistentVolumeClaim": {"claimName": "notes", "readOnly": True}}]
     node.run_pod("reader", ["sleep", "3600"], spec={"volumes": read_only},
@@ -70,5 +58,5 @@ def test_claim_folder_written_read_only_mount_and_removed_with_the_claim(node: N
         assert got.returncode == 0, got.stderr
     got = node.kubectl("delete", "pvc", "notes", "--wait=true", "--timeout=60s", timeout=70)
     assert got.returncode == 0, got.stderr
-    _wait(lambda: _get(node, "pv", volume["metadata"]["name"]) is None, 60, "the volume deleted")
+    wait_for(lambda: _get(node, "pv", volume["metadata"]["name"]) is None, 60, 0.5, "the volume deleted")
     assert not folder.exists()

@@ -9,34 +9,17 @@ are ``containerd_host.HostNode``.
 
 from __future__ import annotations
 
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from containerd_host import IMAGE, REAL_NODE, HostNode
-from k3p.testing import free_port
+from k3p.testing import free_port, wait_for
 
 pytestmark = REAL_NODE
 
 PAGE = b"<h1>through the ingress</h1>\n"
-
-
-def eventually(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-        except Exception as e:  # not yet
-            last = e
-        if last and not isinstance(last, Exception):
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
-        time.sleep(interval)
 
 
 def through_proxy(port: int, host: str, path: str = "/index.html") -> tuple[int, bytes]:
@@ -64,7 +47,7 @@ def node() -> Iterator[Node]:
 
 
 def test_ingress_routes_to_a_pod_and_reports_the_node(node: Node) -> None:
-    ingress_class = eventually(lambda: node.get("ingressclass", "traefik"), 30, "IngressClass traefik installed")
+    ingress_class = wait_for(lambda: node.get("ingressclass", "traefik"), 30, 0.2, "IngressClass traefik installed")
     assert ingress_class["spec"]["controller"] == "traefik.io/ingress-controller"
 
     node.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "labels": {"app": "web"}},
@@ -81,8 +64,8 @@ def test_ingress_routes_to_a_pod_and_reports_the_node(node: Node) -> None:
                     {"path": "/", "pathType": "Prefix",
                      "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}})
 
-    _, body = eventually(lambda: (r := through_proxy(node.http_port, "web.test"))[0] == 200 and r, 120,
-                         "the pod's page through the ingress")
+    _, body = wait_for(lambda: (r := through_proxy(node.http_port, "web.test"))[0] == 200 and r, 120, 0.2,
+                        "the pod's page through the ingress")
     assert body == PAGE
     assert through_proxy(node.http_port, "elsewhere.test")[0] == 404
 
@@ -93,8 +76,8 @@ def test_ingress_routes_to_a_pod_and_reports_the_node(node: Node) -> None:
         lb = node.get("ingress", "web").get("status", {}).get("loadBalancer", {}).get("ingress") or []
         return sorted(i["ip"] for i in lb) == internal
 
-    eventually(reported, 30, "the node's InternalIP in the Ingress status")
+    wait_for(reported, 30, 0.2, "the node's InternalIP in the Ingress status")
 
     got = node.server.kubectl("delete", "pod", "web", "--wait=true", "--timeout=60s", timeout=90)
     assert got.returncode == 0, got.stderr
-    eventually(lambda: through_proxy(node.http_port, "web.test")[0] == 503, 30, "503 once no endpoint is left")
+    wait_for(lambda: through_proxy(node.http_port, "web.test")[0] == 503, 30, 0.2, "503 once no endpoint is left")
