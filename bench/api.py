@@ -44,6 +44,7 @@ import aiohttp
 import structlog
 import uvloop
 from _common import CpuWindow, Progress, Stats, banner, capacity_line, own_cpu_seconds, percentile, timed_loop
+
 from k3p.testing import K3pServer
 from k3p_plugins.datastore_sql.sqlite import SQLiteDatastore
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+
 from k3p_plugins.datastore_sql.sqlite import SQLiteDatastore
 
 VALUE = os.urandom(1024)

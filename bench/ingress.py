@@ -103,6 +103,7 @@ def bench_objects(backend_port: int) -> list[dict[str, Any]]:
 def run_proxy(port_file: str, backend_port: int, kubeconfig: str) -> None:
     """Child: the proxy, fed by the controller against a server (``kubeconfig``) or by a static table."""
     import uvloop
+
     from k3p_plugins.traefik import IngressProxy, build_routing_table
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

@@ -69,9 +69,10 @@ from _common import (
     rss_bytes,
     watch_events,
 )
-from k3p.ocibuild import build_busybox_image
+
 from k3p.testing import K3pServer, descendants
 from k3p.testing.process import pid_alive
+from k3p_plugins.containerd.ocibuild import build_busybox_image
 
 GOAL_SERVER_RSS = 150 * 2**20
 GOAL_START_P50 = 1.0

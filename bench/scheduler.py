@@ -61,9 +61,10 @@ from _common import (
     process_cpu_seconds,
     watch_events,
 )
+
 from k3p.client import Client
-from k3p.scheduler import Scheduler
 from k3p.testing import HollowNodes, K3pServer
+from k3p_plugins.scheduler import Scheduler
 
 GOAL_PODS_PER_SECOND = 100.0
 NAMESPACE = "bench"

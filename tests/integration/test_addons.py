@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from k3p.addons import PLUGIN_LABEL, AddonDeployer, ManifestError, object_ref, stale_refs
 from k3p.client import ApiError
 from k3p.client.resources import CLUSTERROLES, CONFIGMAPS

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+
 from k3p.testing import HollowNodes, K3pServer, free_port, wait_for
 
 

@@ -6,6 +6,7 @@ import json
 
 import httpx
 import pytest
+
 from k3p.testing import K3pServer
 
 CM_URL = "/api/v1/namespaces/default/configmaps"

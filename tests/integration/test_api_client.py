@@ -8,10 +8,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from k3p.pki import ensure_ca
-from k3p.testing import K3pServer
 from kubernetes import client, utils, watch
 from kubernetes.client.rest import ApiException
+
+from k3p.pki import ensure_ca
+from k3p.testing import K3pServer
 
 
 @pytest.fixture(scope="module")

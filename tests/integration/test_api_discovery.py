@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+
 from k3p.apiserver.discovery import AGGREGATED_CONTENT_TYPE
 from k3p.testing import K3pServer
 

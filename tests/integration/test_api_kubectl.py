@@ -8,6 +8,7 @@ import time
 
 import pytest
 import yaml
+
 from k3p.testing import K3pServer, wait_for
 
 DEPLOYMENT = """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from k3p.client import ApiError, Client, InformerFactory
 from k3p.client.resources import CONFIGMAPS, NAMESPACES
 from k3p.testing import K3pServer, async_wait_for

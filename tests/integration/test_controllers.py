@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+
 from k3p.client import ApiError, Client, Informer, Obj
+from k3p.client.objects import format_time, get_condition
 from k3p.client.resources import (
     CONFIGMAPS,
     CONTROLLERREVISIONS,
@@ -29,9 +31,8 @@ from k3p.client.resources import (
     SERVICES,
     STATEFULSETS,
 )
-from k3p.controllers import ControllerManager, ControllerOptions
-from k3p.controllers.objects import format_time, get_condition
 from k3p.testing import K3pServer, async_wait_for
+from k3p_plugins.controller_manager import ControllerManager, ControllerOptions
 
 pytestmark = pytest.mark.slow
 
@@ -778,7 +779,7 @@ async def test_component_runs_until_cancelled(server: K3pServer, client: Client)
     from types import SimpleNamespace
 
     from k3p.config import Config
-    from k3p.controllers import controller_manager_component
+    from k3p_plugins.controller_manager import controller_manager_component
 
     config = Config("server", {"cluster_cidr": "10.42.0.0/16", "https_listen_port": server.port,
                                "advertise_address": "127.0.0.1", "node_monitor_grace_period": "30"})

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from dnslib import EDNS0, QTYPE, RCODE, RR, A, DNSRecord
+
 from k3p.client import ApiError, Client
 from k3p.client.resources import ENDPOINTSLICES, SECRETS, SERVICES
 from k3p.pki import ensure_ca

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from k3p.testing import HollowNodes, K3pServer, wait_for
 
 pytestmark = pytest.mark.slow

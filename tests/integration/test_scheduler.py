@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from k3p.client import Client
 from k3p.client.resources import CONFIGMAPS, EVENTS, NAMESPACES, NODES, PODS
-from k3p.context import RunContext
-from k3p.scheduler import Scheduler, scheduler_component
+from k3p.context import PluginContext
 from k3p.testing import K3pServer, async_wait_for
+from k3p_plugins.scheduler import Scheduler, scheduler_component
 
 pytestmark = pytest.mark.slow
 
@@ -236,11 +237,12 @@ async def test_the_server_component(server: K3pServer, client: Client, tmp_path:
     await client.create(NODES, node("only"))
     made: list[Client] = []
 
-    def new_client(user_agent: str) -> Client:
+    def component_client(component: str, user_agent: str) -> Client:
+        assert component == "scheduler"
         made.append(admin_client(server))
         return made[-1]
 
-    ctx = RunContext(config=None, plugins=None, data_dir=tmp_path, new_client=new_client)  # type: ignore[arg-type]
+    ctx = PluginContext(config=None, data_dir=tmp_path, component_client=component_client)  # type: ignore[arg-type]
     component = scheduler_component(ctx)
     assert component.name == "scheduler" and component.requires == ("apiserver",)
     ready = asyncio.Event()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from k3p.testing import K3pServer, descendants, wait_for
 from k3p.testing.process import pid_alive
 

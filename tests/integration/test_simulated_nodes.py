@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from k3p.agent.components import agent_components
-from k3p.agent.runtime import LABEL_POD_UID, RuntimeError_
 from k3p.client import ApiError, Client
 from k3p.client.resources import CONFIGMAPS, EVENTS, LEASES, NODES, PODS
+from k3p.protocols.runtime import LABEL_POD_UID, RuntimeError_
 from k3p.supervisor import Supervisor
 from k3p.testing import K3pServer
 from k3p_plugins.simulated import SimulatedRuntime

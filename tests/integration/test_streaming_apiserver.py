@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
+
 from k3p.apiserver import streaming as api
 from k3p.testing import HollowNodes, K3pServer, wait_for
 

@@ -28,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
 from k3p import pki
 from k3p.client import ApiError, Client
 from k3p.client.resources import ENDPOINTSLICES, INGRESSES, NODES, SECRETS, SERVICES

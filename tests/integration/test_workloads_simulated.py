@@ -12,6 +12,7 @@ import time
 from collections import Counter
 
 import pytest
+
 from k3p.testing import HollowNodes, K3pServer, wait_for
 
 pytestmark = pytest.mark.slow

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from k3p import ocibuild
 from k3p.testing import K3pServer
 from k3p.testing.process import pod_network_namespaces, remove_network_namespaces

@@ -13,6 +13,7 @@ import asyncio
 import sys
 
 import structlog
+
 from k3p_plugins.datastore_sql.sqlite import SQLiteDatastore
 
 WRITERS = 16

@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 from containerd_host import IMAGE
+
 from k3p import ocibuild
 from k3p.testing import wait_for
 from k3p.testing.netns import NetnsLab, NetnsNode

@@ -8,10 +8,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
 from k3p import ocibuild
-from k3p.agent.runtime import Runtime
 from k3p.config import Config, OptionSchema
-from k3p.context import RunContext
+from k3p.context import PluginContext
+from k3p.protocols.runtime import Runtime
 from k3p_plugins import containerd as plugin
 from k3p_plugins.containerd.config import ContainerdSettings, write_config
 from k3p_plugins.containerd.images import ImportMarker
@@ -109,8 +110,7 @@ def test_options_and_runtime_hook(tmp_path: Path):
     rt = plugin.k3p_runtime(_config(tmp_path, container_runtime_endpoint="unix:///run/other.sock"))
     assert rt.socket == "/run/other.sock"
     assert plugin.k3p_runtime(_config(tmp_path, simulate=3)) is None
-    ctx = RunContext(config=_config(tmp_path, container_runtime_endpoint="/run/other.sock"),
-                     plugins=None, data_dir=tmp_path)  # type: ignore[arg-type]
+    ctx = PluginContext(config=_config(tmp_path, container_runtime_endpoint="/run/other.sock"), data_dir=tmp_path)
     assert plugin.k3p_agent_components(ctx) == []
     ctx.config = _config(tmp_path)
     [component] = plugin.k3p_agent_components(ctx)

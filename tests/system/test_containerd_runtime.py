@@ -28,8 +28,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from containerd_host import remove_new_dirs
+
 from k3p import ocibuild
-from k3p.agent.runtime import (
+from k3p.config import Config
+from k3p.context import PluginContext
+from k3p.protocols.runtime import (
     LABEL_CONTAINER_NAME,
     LABEL_POD_NAME,
     LABEL_POD_NAMESPACE,
@@ -40,8 +43,6 @@ from k3p.agent.runtime import (
     SandboxConfig,
     SandboxState,
 )
-from k3p.config import Config
-from k3p.context import RunContext
 from k3p.supervisor import Supervisor
 from k3p_plugins import containerd as plugin
 from k3p_plugins.containerd.cli import crictl_main, ctr_main
@@ -123,7 +124,7 @@ class Node:
                                                "simulate": 0})
 
     async def start_containerd(self) -> None:
-        ctx = RunContext(config=self.config(), plugins=None, data_dir=self.tmp)  # type: ignore[arg-type]
+        ctx = PluginContext(config=self.config(), data_dir=self.tmp)
         components = plugin.k3p_agent_components(ctx)
         assert [c.name for c in components] == ["containerd"]
         self.supervisor = Supervisor(components)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from k3p_plugins.datastore_sql.sqlite import SQLiteDatastore
 
 WRITER = Path(__file__).with_name("datastore_crash_writer.py")

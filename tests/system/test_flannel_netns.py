@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pyroute2 import IPRoute
+
 from k3p.client.resources import NODES
 from k3p.testing import async_wait_for
 from k3p_plugins.flannel.agent import FlannelAgent, FlannelSettings
@@ -32,7 +34,6 @@ from k3p_plugins.flannel.backends import ROUTE_PROTO, Backend, LocalNode, find_u
 from k3p_plugins.flannel.cni import CONFLIST_NAME
 from k3p_plugins.flannel.plan import vxlan_entries
 from k3p_plugins.flannel.teardown import teardown
-from pyroute2 import IPRoute
 
 BUSYBOX = "/bin/busybox"
 

@@ -28,8 +28,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from k3p.testing import wait_for
 from lab_cluster import Cluster
+
+from k3p.testing import wait_for
 
 pytestmark = REAL_NODE
 

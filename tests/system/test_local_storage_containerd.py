@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 from containerd_host import REAL_NODE
-from k3p.testing import wait_for
 from test_node_containerd import Node
+
+from k3p.testing import wait_for
 
 pytestmark = REAL_NODE
 

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pytest
 from containerd_host import IMAGE, REAL_NODE
+from lab_cluster import SERVE, Cluster, http_get, pod_network_namespace
+
 from k3p.testing import wait_for
 from k3p.testing.netns import NetnsLab
-from lab_cluster import SERVE, Cluster, http_get, pod_network_namespace
 
 pytestmark = REAL_NODE
 

@@ -28,11 +28,12 @@ from typing import Any
 
 import pytest
 import structlog
-from k3p.agent.proxy import proxy_component, remove_proxy_rules
+
 from k3p.client import Client
 from k3p.client.resources import ENDPOINTSLICES, SERVICES
 from k3p.testing import K3pServer
 from k3p.testing.process import stop_process
+from k3p_plugins.kube_proxy import proxy_component, remove_proxy_rules
 
 pytestmark = [
     pytest.mark.slow,

@@ -22,6 +22,7 @@ import urllib.request
 
 import pytest
 from containerd_host import REAL_NODE, HostNode
+
 from k3p.testing import free_port
 
 PAGE = b"<h1>served from a k3p pod</h1>\n"

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 from containerd_host import IMAGE, REAL_NODE, HostNode
+
 from k3p.testing import free_port, wait_for
 
 pytestmark = REAL_NODE

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from k3p import config as cfg
 from k3p.cli import load
 
@@ -106,10 +107,10 @@ def test_config_file_found_from_flag_then_env(tmp_path: Path) -> None:
 
 def test_disable_is_known_before_plugins_load(tmp_path: Path) -> None:
     files = layers(tmp_path, "disable: [a]\n", {"x.yaml": "disable+: [b]\n"})
-    names, where = cfg.early_disable_list(["--disable", "c,d"], files, {})
+    names, where = cfg.early_disable_list("server", ["--disable", "c,d"], files, {})
     # flags replace what the files said, as for every other option
     assert names == ["c", "d"]
-    names, where = cfg.early_disable_list([], files, {})
+    names, where = cfg.early_disable_list("server", [], files, {})
     assert names == ["a", "b"]
     assert where["a"].endswith("x.yaml")
 

@@ -6,8 +6,9 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 import pytest
-from k3p.controllers.cron import ScheduleError, parse_schedule
-from k3p.controllers.cronjob import job_from_template, job_name
+
+from k3p_plugins.controller_manager.cron import ScheduleError, parse_schedule
+from k3p_plugins.controller_manager.cronjob import job_from_template, job_name
 
 UTC = dt.UTC
 
@@ -103,7 +104,7 @@ def cronjob(**spec: object) -> dict:
 
 
 async def test_cronjob_sync_creates_due_job_and_honours_policies() -> None:
-    from k3p.controllers.cronjob import CronJobController
+    from k3p_plugins.controller_manager.cronjob import CronJobController
 
     client = FakeClient()
     ctl = CronJobController(client, None)  # type: ignore[arg-type]
@@ -132,7 +133,7 @@ async def test_cronjob_sync_creates_due_job_and_honours_policies() -> None:
 
 
 async def test_cronjob_missed_deadline_and_suspend() -> None:
-    from k3p.controllers.cronjob import CronJobController
+    from k3p_plugins.controller_manager.cronjob import CronJobController
 
     client = FakeClient()
     ctl = CronJobController(client, None)  # type: ignore[arg-type]

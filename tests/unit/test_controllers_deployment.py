@@ -6,8 +6,9 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from k3p.controllers import deployment_util as du
-from k3p.controllers.intorpercent import InvalidIntOrPercent, resolve_fenceposts, scaled_value
+
+from k3p_plugins.controller_manager import deployment_util as du
+from k3p_plugins.controller_manager.intorpercent import InvalidIntOrPercent, resolve_fenceposts, scaled_value
 
 
 def deploy(replicas: int, surge: Any = "25%", unavailable: Any = "25%", strategy: str = "RollingUpdate",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from k3p.client.resources import PODS, REPLICASETS
-from k3p.controllers.garbagecollector import GarbageCollector, owner_decision
+from k3p_plugins.controller_manager.garbagecollector import GarbageCollector, owner_decision
 
 
 def refs(*uids: str) -> list[dict]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from k3p.controllers.hashing import compute_hash, fnv32a, safe_encode
-from k3p.controllers.revisions import revision_data, template_of_revision
+from k3p_plugins.controller_manager.hashing import compute_hash, fnv32a, safe_encode
+from k3p_plugins.controller_manager.revisions import revision_data, template_of_revision
 
 
 def test_fnv32a_reference_values() -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from k3p.controllers.nodeipam import CIDRExhausted, CIDRSet, cidr_sets
+
+from k3p_plugins.controller_manager.nodeipam import CIDRExhausted, CIDRSet, cidr_sets
 
 
 def test_allocates_distinct_blocks_and_never_reuses_held_ones() -> None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from k3p.controllers.pods import deletion_order, is_active, is_available, pod_from_template, seconds_until_available
+from k3p_plugins.controller_manager.pods import (
+    deletion_order,
+    is_active,
+    is_available,
+    pod_from_template,
+    seconds_until_available,
+)
 
 NOW = dt.datetime(2024, 1, 1, 12, 0, tzinfo=dt.UTC)
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from k3p.controllers.daemonset import (
+from k3p.client.nodeaffinity import pod_fits_node, tolerates
+from k3p_plugins.controller_manager.daemonset import (
     daemon_pod_spec,
     node_name_affinity,
     should_run_on,
     surge_and_unavailable,
     target_node,
 )
-from k3p.controllers.job import backoff_delay, format_indexes, is_pod_failed, parse_indexes, want_active
-from k3p.controllers.nodeaffinity import pod_fits_node, tolerates
-from k3p.controllers.nodelifecycle import desired_taints, min_toleration_seconds
-from k3p.controllers.statefulset import new_pod, ordinal_of
+from k3p_plugins.controller_manager.job import backoff_delay, format_indexes, is_pod_failed, parse_indexes, want_active
+from k3p_plugins.controller_manager.nodelifecycle import desired_taints, min_toleration_seconds
+from k3p_plugins.controller_manager.statefulset import new_pod, ordinal_of
 
 
 def node(name: str = "n1", labels: dict | None = None, taints: list | None = None, ready: str = "True",

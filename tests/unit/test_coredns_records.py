@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import k3p_plugins.coredns as plugin
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
+
+import k3p_plugins.coredns as plugin
 from k3p_plugins.coredns.forward import parse_resolv_conf
 from k3p_plugins.coredns.records import ClusterRecords
 from k3p_plugins.coredns.server import fit_udp

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+
 from k3p.apiserver import crd as crdmod
 from k3p.apiserver import schemas
 from k3p.apiserver.registry import ResourceType, builtin_registry

@@ -9,7 +9,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from k3p.storage import CompactedError, Datastore, EventType
+
+from k3p.protocols.datastore import CompactedError, Datastore, EventType
 from k3p.testing.datastore import DatastoreConformance
 from k3p_plugins import datastore_sql
 from k3p_plugins.datastore_sql.errors import DatastoreCorruptError

@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from k3p.apiserver import discovery
 from k3p.apiserver.discovery import (
     AGGREGATED_CONTENT_TYPE,

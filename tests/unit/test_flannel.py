@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from k3p.checks import CheckReport
 from k3p.config import Config, OptionSchema
 from k3p_plugins import flannel as plugin
@@ -344,8 +345,11 @@ def test_the_server_hands_its_backend_to_every_node():
 
 def test_check_config_looks_at_vxlan_and_nft():
     report = CheckReport()
-    plugin.k3p_check_config(Config(command="server", values={"flannel_backend": "vxlan"}), report)
+    plugin.k3p_check_config(Config(command="server", values={"flannel_backend": "vxlan"}), report, True)
     assert {f.name for f in report.findings} == {"vxlan", "nft"}
     report = CheckReport()
-    plugin.k3p_check_config(Config(command="server", values={"flannel_backend": "none"}), report)
+    plugin.k3p_check_config(Config(command="server", values={"flannel_backend": "none"}), report, True)
     assert [f.level for f in report.findings] == ["ok"]
+    report = CheckReport()
+    plugin.k3p_check_config(Config(command="server", values={"flannel_backend": "vxlan"}), report, False)
+    assert report.findings == []  # no node here: nothing of the pod network to check

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from k3p.agent.runtime import ContainerState, ContainerStatus
 from k3p.agent.server import container_log, parse_cri_line
+from k3p.protocols.runtime import ContainerState, ContainerStatus
 
 LINES = [
     b"2026-11-27T10:00:00.000000001Z stdout F first\n",

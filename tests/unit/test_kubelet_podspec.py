@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 
 import pytest
+
 from k3p.agent import podspec
-from k3p.agent.runtime import (
+from k3p.protocols.runtime import (
     ANNOTATION_RESTART_COUNT,
     LABEL_CONTAINER_NAME,
     LABEL_POD_NAME,

@@ -7,8 +7,9 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+
 from k3p.agent.probes import ActionTarget, ContainerProbes, Outcome, ProbeSettings, run_action
-from k3p.agent.runtime import ContainerConfig, SandboxConfig
+from k3p.protocols.runtime import ContainerConfig, SandboxConfig
 from k3p_plugins.simulated import SimulatedRuntime
 
 

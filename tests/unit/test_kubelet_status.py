@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from k3p.agent import podstatus
 from k3p.agent.podstatus import PodView, ProbeState
-from k3p.agent.runtime import (
+from k3p.protocols.runtime import (
     ANNOTATION_RESTART_COUNT,
     ContainerState,
     ContainerStatus,

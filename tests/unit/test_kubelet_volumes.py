@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from k3p.agent.volumes import VolumeError, VolumeManager, write_atomic
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from k3p.apiserver import crd as crdmod
 from k3p.apiserver import discovery
 from k3p.apiserver.openapi import OpenAPIV3, document_path

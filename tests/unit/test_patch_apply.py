@@ -6,6 +6,7 @@ import copy
 import json
 
 import pytest
+
 from k3p.apiserver.patch import (
     ApplyConflictError,
     ApplyError,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from k3p.apiserver.patch import fieldpath as fp
 from k3p.apiserver.patch import structured
 from k3p.apiserver.schemas import schema_for

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+
 from k3p.apiserver.patch import PatchError, apply_json_patch
 
 POD = {

@@ -6,6 +6,7 @@ import copy
 import json
 
 import pytest
+
 from k3p.apiserver.patch import PatchError, apply_strategic_merge_patch
 from k3p.apiserver.schemas import schema_for
 

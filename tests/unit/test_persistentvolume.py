@@ -10,18 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from k3p.agent.volumes import VolumeError, VolumeManager
 from k3p.client import Client, InformerFactory
 from k3p.client.informer import Informer
 from k3p.client.resources import PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES, STORAGECLASSES
-from k3p.controllers.persistentvolume import (
+from k3p.client.volumes import (
     ANN_BIND_COMPLETED,
     ANN_BOUND_BY_CONTROLLER,
     ANN_SELECTED_NODE,
     ANN_STORAGE_PROVISIONER,
-    PVC_PROTECTION_FINALIZER,
-    PersistentVolumeController,
-    PVCProtectionController,
     claim_class,
     class_unset,
     default_class,
@@ -29,10 +27,11 @@ from k3p.controllers.persistentvolume import (
     is_delay_binding,
     volume_mismatch,
 )
-from k3p.scheduler.algorithm import Algorithm
-from k3p.scheduler.cache import SchedulerCache
-from k3p.scheduler.model import NodeInfo, PodInfo
-from k3p.scheduler.volumes import REASON_BIND_CONFLICT, REASON_NODE_CONFLICT, VolumeBinder
+from k3p_plugins.controller_manager.persistentvolume import (
+    PVC_PROTECTION_FINALIZER,
+    PersistentVolumeController,
+    PVCProtectionController,
+)
 from k3p_plugins.local_storage import manifests
 from k3p_plugins.local_storage.provisioner import (
     ProvisioningError,
@@ -40,6 +39,10 @@ from k3p_plugins.local_storage.provisioner import (
     safe_folder,
     volume_node,
 )
+from k3p_plugins.scheduler.algorithm import Algorithm
+from k3p_plugins.scheduler.cache import SchedulerCache
+from k3p_plugins.scheduler.model import NodeInfo, PodInfo
+from k3p_plugins.scheduler.volumes import REASON_BIND_CONFLICT, REASON_NODE_CONFLICT, VolumeBinder
 
 # --- objects -------------------------------------------------------------------------------------
 

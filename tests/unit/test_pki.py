@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 from cryptography import x509
+
 from k3p import pki
 
 

@@ -6,6 +6,7 @@ import json
 import types
 
 import pytest
+
 from k3p import hookimpl
 from k3p.plugins import PluginError, PluginManager
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from google.protobuf.message import Message
+
 from k3p.apiserver import protobuf as pb
 
 pytestmark = pytest.mark.skipif(

@@ -14,9 +14,10 @@ import subprocess
 from typing import Any
 
 import pytest
-from k3p.agent.proxy import render_ruleset
-from k3p.agent.proxy.nft import TableContents, replace_script, update_script
-from k3p.agent.proxy.rules import build_ruleset
+
+from k3p_plugins.kube_proxy import render_ruleset
+from k3p_plugins.kube_proxy.nft import TableContents, replace_script, update_script
+from k3p_plugins.kube_proxy.rules import build_ruleset
 
 NODE = "node-a"
 CIDR = "10.42.0.0/16"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from k3p.apiserver import bootstrap_policy as bp
 from k3p.apiserver.rbac import (
     Decision,

@@ -6,6 +6,7 @@ import copy
 import json
 
 import pytest
+
 from k3p.apiserver import schemas
 from k3p.apiserver.conversion import (
     BEHAVIOR_ANNOTATION,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from k3p.apiserver.request_info import RequestAttributes, RequestInfoError, UserInfo, request_attributes
 
 ALICE = UserInfo("alice", ("system:authenticated",))

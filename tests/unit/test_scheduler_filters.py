@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from k3p.scheduler import interpod, spread
-from k3p.scheduler.cache import SchedulerCache
-from k3p.scheduler.filters import (
+from k3p_plugins.scheduler import interpod, spread
+from k3p_plugins.scheduler.cache import SchedulerCache
+from k3p_plugins.scheduler.filters import (
     node_affinity,
     node_name,
     node_ports,
@@ -15,7 +15,7 @@ from k3p.scheduler.filters import (
     run_node_filters,
     taint_toleration,
 )
-from k3p.scheduler.model import NodeInfo, PodInfo, node_info
+from k3p_plugins.scheduler.model import NodeInfo, PodInfo, node_info
 
 
 def node(name: str = "n1", cpu: str = "4", memory: str = "8Gi", pods: str = "110", labels: dict | None = None,

@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+
 from k3p.client import ApiError, Client
-from k3p.scheduler import Scheduler
-from k3p.scheduler.queue import BACKOFF, UNSCHEDULABLE
+from k3p_plugins.scheduler import Scheduler
+from k3p_plugins.scheduler.queue import BACKOFF, UNSCHEDULABLE
 
 
 class FakeClient(Client):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from k3p.scheduler import messages
-from k3p.scheduler.algorithm import Algorithm
-from k3p.scheduler.cache import SchedulerCache
-from k3p.scheduler.model import PodInfo
+from k3p_plugins.scheduler import messages
+from k3p_plugins.scheduler.algorithm import Algorithm
+from k3p_plugins.scheduler.cache import SchedulerCache
+from k3p_plugins.scheduler.model import PodInfo
 
 
 def test_histogram_counts_and_sorts_as_text() -> None:

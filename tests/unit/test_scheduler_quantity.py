@@ -5,8 +5,9 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
+
 from k3p.quantity import QuantityError, milli_value, parse_quantity, value
-from k3p.scheduler.model import DEFAULT_MEMORY_REQUEST, DEFAULT_MILLI_CPU_REQUEST, Resources, pod_requests
+from k3p_plugins.scheduler.model import DEFAULT_MEMORY_REQUEST, DEFAULT_MILLI_CPU_REQUEST, Resources, pod_requests
 
 
 @pytest.mark.parametrize(("text", "expected"), [

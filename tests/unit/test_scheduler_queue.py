@@ -6,9 +6,10 @@ import asyncio
 import time
 
 import pytest
-from k3p.scheduler import queue as queue_module
-from k3p.scheduler.model import PodInfo
-from k3p.scheduler.queue import ACTIVE, BACKOFF, MAX_UNSCHEDULABLE, UNSCHEDULABLE, SchedulingQueue
+
+from k3p_plugins.scheduler import queue as queue_module
+from k3p_plugins.scheduler.model import PodInfo
+from k3p_plugins.scheduler.queue import ACTIVE, BACKOFF, MAX_UNSCHEDULABLE, UNSCHEDULABLE, SchedulingQueue
 
 
 def pod(name: str, priority: int = 0, **spec: object) -> PodInfo:

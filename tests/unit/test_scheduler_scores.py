@@ -6,11 +6,11 @@ import random
 from collections import Counter
 from typing import Any
 
-from k3p.scheduler import interpod, spread
-from k3p.scheduler.algorithm import Algorithm, feasible_nodes_to_find
-from k3p.scheduler.cache import SchedulerCache
-from k3p.scheduler.model import PodInfo, node_info
-from k3p.scheduler.scores import (
+from k3p_plugins.scheduler import interpod, spread
+from k3p_plugins.scheduler.algorithm import Algorithm, feasible_nodes_to_find
+from k3p_plugins.scheduler.cache import SchedulerCache
+from k3p_plugins.scheduler.model import PodInfo, node_info
+from k3p_plugins.scheduler.scores import (
     balanced_allocation,
     least_allocated,
     node_affinity_raw,

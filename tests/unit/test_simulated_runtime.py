@@ -6,8 +6,9 @@ import asyncio
 import ipaddress
 
 import pytest
-from k3p.agent.runtime import ContainerConfig, ContainerState, Runtime, RuntimeError_, SandboxConfig, SandboxState
+
 from k3p.config import ConfigError, OptionSchema
+from k3p.protocols.runtime import ContainerConfig, ContainerState, Runtime, RuntimeError_, SandboxConfig, SandboxState
 from k3p_plugins import simulated
 from k3p_plugins.simulated.runtime import FOREVER, Program, SimulatedRuntime, interpret
 

@@ -19,9 +19,17 @@ from typing import Any
 
 import pytest
 import websockets
+from websockets.asyncio.server import serve as ws_serve
+
 from k3p import pki as pki_mod
 from k3p.agent import streaming as kubelet
-from k3p.agent.runtime import (
+from k3p.agent.server import kubelet_app
+from k3p.apiserver import streaming as api
+from k3p.apiserver.auth import CertHttpToolsProtocol, CertWebSocketProtocol
+from k3p.apiserver.errors import APIError
+from k3p.apiserver.listener import serve_https
+from k3p.apiserver.node_proxy import KubeletProxy
+from k3p.protocols.runtime import (
     LABEL_CONTAINER_NAME,
     LABEL_POD_NAME,
     LABEL_POD_NAMESPACE,
@@ -31,14 +39,7 @@ from k3p.agent.runtime import (
     SandboxState,
     SandboxStatus,
 )
-from k3p.agent.server import kubelet_app
-from k3p.apiserver import streaming as api
-from k3p.apiserver.auth import CertHttpToolsProtocol, CertWebSocketProtocol
-from k3p.apiserver.errors import APIError
-from k3p.apiserver.listener import serve_https
-from k3p.apiserver.node_proxy import KubeletProxy
 from k3p.testing.process import free_port
-from websockets.asyncio.server import serve as ws_serve
 
 NS, POD, CONTAINER = "default", "web", "web"
 TIMEOUT = 5

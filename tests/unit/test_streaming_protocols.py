@@ -9,6 +9,7 @@ import struct
 import time
 
 import pytest
+
 from k3p.agent import streaming as kubelet
 from k3p.apiserver import streaming as api
 

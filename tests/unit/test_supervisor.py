@@ -6,6 +6,7 @@ import asyncio
 import sys
 
 import pytest
+
 from k3p.supervisor import ProcessComponent, Supervisor, TaskComponent, start_order
 from k3p.testing.process import pid_alive
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+
 from k3p.apiserver.printers import human_duration
 from k3p.apiserver.schemas import definitions
 from k3p.apiserver.tables import table_version_from_accept, to_table

@@ -6,6 +6,7 @@ import base64
 from typing import Any
 
 import pytest
+
 from k3p_plugins.traefik.certs import CertificateStore, self_signed_certificate
 from k3p_plugins.traefik.manifests import manifests
 from k3p_plugins.traefik.routes import (
