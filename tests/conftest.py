@@ -22,7 +22,7 @@ def hello_plugin_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
     target = tmp_path_factory.mktemp("hello-plugin")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-         "--no-build-isolation", "--target", str(target), str(ROOT / "tests" / "plugins" / "k3p-hello")],
+         "--no-build-isolation", "--target", str(target), str(ROOT / "examples" / "k3p-hello")],
         check=True,
         cwd=tmp_path_factory.mktemp("pip-cwd"),
     )
