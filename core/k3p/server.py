@@ -69,7 +69,8 @@ def _kubeconfig_mode(config: Config) -> int:
 
 def node_addresses(config: Config) -> list[str]:
     """The addresses the serving certificate must name besides loopback."""
-    found = [config.get("advertise_address")] if config.get("advertise_address") else []
+    bind = config.get("bind_address") or ""
+    found = [a for a in (config.get("advertise_address"), bind) if a and a not in ("0.0.0.0", "::", "127.0.0.1")]
     try:
         found += pki_mod.host_addresses()
     except OSError as e:  # no netlink in some sandboxes: the loopback name still works

@@ -34,7 +34,8 @@ def test_installed_plugin_is_listed_with_its_hooks(hello_plugin_env) -> None:
     hello = rows(k3p("plugins", "list", "-o", "json", env=hello_plugin_env))["hello"]
     assert hello["distribution"] == "k3p-hello" and hello["version"] == "1.2.3"
     assert hello["state"] == "enabled"
-    assert set(hello["hooks"]) == {"k3p_add_options", "k3p_server_components"}
+    assert set(hello["hooks"]) == {"k3p_add_options", "k3p_server_components", "k3p_agent_components",
+                                   "k3p_node_cleanup"}
 
 
 def test_disabled_plugin_is_listed_as_disabled_with_reason(hello_plugin_env) -> None:
