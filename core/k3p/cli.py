@@ -120,14 +120,14 @@ def cmd_datastore(argv: Sequence[str]) -> int:
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("file", metavar="FILE", help="Where to write the backup")
     config, plugins, ns = load("server", argv[1:], extra_flags=extra, prog="k3p datastore backup")
+    from k3p.protocols.datastore import BackupNotSupported
     from k3p.server import select_datastore
 
     store = select_datastore(config, plugins)
-    backup = getattr(store, "backup", None)
-    if backup is None:
-        return fail(f"the datastore {config.get('datastore_endpoint') or '(default)'} cannot make backups", 1)
     try:
-        asyncio.run(backup(ns.file))
+        asyncio.run(store.backup(ns.file))
+    except BackupNotSupported as e:
+        return fail(str(e), 1)
     except FileNotFoundError as e:
         return fail(f"no datastore to back up: {e}", 1)
     print(f"backup written to {ns.file}")

@@ -71,6 +71,10 @@ class DatastoreError(Exception):
     """Base of the typed datastore errors."""
 
 
+class BackupNotSupported(DatastoreError):
+    """backup() of a store whose copies its own tools make (the message names them)."""
+
+
 class KeyExistsError(DatastoreError):
     """create() of a key that already exists."""
 
@@ -171,4 +175,12 @@ class Datastore(Protocol):
 
         The latest version of every live key is kept. Reads and watches from a revision
         below the compaction point raise CompactedError afterwards.
+        """
+
+    async def backup(self, dest_path: str) -> None:
+        """Write a consistent copy of the whole store to ``dest_path`` (``k3p datastore backup``).
+
+        Called without ``start()``, possibly while a server in another process uses the
+        store. A store whose copies only its own tools make (an external database) raises
+        BackupNotSupported with a message naming the command that does it.
         """

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from k3p.protocols.datastore import Event, EventType, KeyValue
+from k3p.protocols.datastore import BackupNotSupported, Event, EventType, KeyValue
 
 SCHEMA_VERSION = 1
 
@@ -250,4 +250,4 @@ class Dialect:
 
     def backup(self, dest_path: str) -> None:
         """Write a consistent copy of the whole database to ``dest_path`` (blocking)."""
-        raise NotImplementedError(f"{self.name} datastore: back up with the database's own tools")
+        raise BackupNotSupported(f"{self.name} datastore: back up with the database's own tools")
