@@ -42,7 +42,8 @@ from typing import Any, NamedTuple
 
 import structlog
 
-from k3p.apiserver.patch import fieldpath, structured
+import k3p.apiserver.patch.fieldpath as fieldpath
+import k3p.apiserver.patch.structured as structured
 from k3p.apiserver.patch.errors import PatchError
 from k3p.apiserver.patch.fieldpath import Path, make_path
 

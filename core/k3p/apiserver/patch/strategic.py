@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from k3p.apiserver.patch import typeinfo
+import k3p.apiserver.patch.typeinfo as typeinfo
 from k3p.apiserver.patch.errors import PatchError
 from k3p.apiserver.patch.typeinfo import Schema
 

@@ -26,7 +26,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from k3p.apiserver.patch import fieldpath, typeinfo
+import k3p.apiserver.patch.fieldpath as fieldpath
+import k3p.apiserver.patch.typeinfo as typeinfo
 from k3p.apiserver.patch.fieldpath import Path, PathElement
 from k3p.apiserver.patch.typeinfo import Schema
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import structlog
 
+import k3p_plugins.controller_manager.deployment_util as du
 from k3p.client import ApiError, Obj, split_key
 from k3p.client.objects import (
     controller_ref,
@@ -25,7 +26,6 @@ from k3p.client.objects import (
 )
 from k3p.client.resources import DEPLOYMENTS, PODS, REPLICASETS
 from k3p.selectors import LabelSelector, SelectorError, label_selector_from_dict
-from k3p_plugins.controller_manager import deployment_util as du
 from k3p_plugins.controller_manager.base import BaseController
 from k3p_plugins.controller_manager.claims import claim, recheck_owner
 from k3p_plugins.controller_manager.hashing import compute_hash

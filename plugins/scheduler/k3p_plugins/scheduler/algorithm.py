@@ -11,7 +11,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from k3p_plugins.scheduler import interpod, messages, spread
+import k3p_plugins.scheduler.interpod as interpod
+import k3p_plugins.scheduler.messages as messages
+import k3p_plugins.scheduler.spread as spread
 from k3p_plugins.scheduler.cache import SchedulerCache
 from k3p_plugins.scheduler.filters import ST_PREFILTERED, Status, filters_for, run_node_filters
 from k3p_plugins.scheduler.model import NodeInfo, PodInfo

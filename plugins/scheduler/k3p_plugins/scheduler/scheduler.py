@@ -18,9 +18,9 @@ from typing import Any
 
 import structlog
 
+import k3p_plugins.scheduler.messages as messages
 from k3p.client import ApiError, Client, EventRecorder, InformerFactory
 from k3p.client.resources import NAMESPACES, NODES, PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES, PODS, STORAGECLASSES
-from k3p_plugins.scheduler import messages
 from k3p_plugins.scheduler.algorithm import Algorithm
 from k3p_plugins.scheduler.cache import SchedulerCache
 from k3p_plugins.scheduler.filters import (
