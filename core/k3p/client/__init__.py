@@ -3,6 +3,7 @@
 from k3p.client.api import ApiError, Client, Obj, Resource, key_of, split_key
 from k3p.client.controller import Controller, Requeue
 from k3p.client.events import EventRecorder
+from k3p.client.group import ControllerGroup
 from k3p.client.informer import Informer, InformerFactory
 from k3p.client.workqueue import WorkQueue
 
@@ -10,6 +11,7 @@ __all__ = [
     "ApiError",
     "Client",
     "Controller",
+    "ControllerGroup",
     "EventRecorder",
     "Informer",
     "InformerFactory",
