@@ -1,4 +1,4 @@
-"""Runs the controllers: one informer factory shared by all, each controller's workers as tasks.
+"""Runs the controllers as one :class:`k3p.client.ControllerGroup`: one informer factory shared by all.
 
 ``controller_manager_component(ctx)`` is the ``k3p server`` component; :class:`ControllerManager`
 runs the same controllers against any API server (tests use it with an admin client).
@@ -6,14 +6,12 @@ runs the same controllers against any API server (tests use it with an admin cli
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-import structlog
-
 from k3p import components
-from k3p.client import Client, InformerFactory
+from k3p.client import Client, ControllerGroup, InformerFactory
+from k3p.client.group import ClientSource, MakeController
 from k3p.durations import parse_duration
 from k3p.supervisor import Component, Ready, TaskComponent
 from k3p_plugins.controller_manager.base import BaseController, ControllerOptions
@@ -39,8 +37,6 @@ from k3p_plugins.controller_manager.ttlafterfinished import TTLAfterFinishedCont
 if TYPE_CHECKING:
     from k3p.context import PluginContext
 
-log = structlog.get_logger(__name__)
-
 #: the component's name, and the user it acts as (upstream's ``system:kube-controller-manager``)
 COMPONENT = "controller-manager"
 
@@ -56,77 +52,47 @@ CONTROLLERS: dict[str, type[BaseController]] = {
 }
 
 
-class ControllerManager:
-    """Sets up, starts and stops a set of controllers over one client.
+class ControllerManager(ControllerGroup):
+    """The controllers of :data:`CONTROLLERS` (less ``disabled``, or ``only`` those) as one group.
 
-    ``gc_client`` (optional) carries the garbage collector's watches of the types no other
-    controller watches, so they do not crowd the main client's connection pool.
+    ``client`` and ``gc_client`` are clients of yours or factories of clients the manager
+    makes at every start and closes at stop. ``gc_client`` (optional) carries the garbage
+    collector's watches of the types no other controller watches, so they do not crowd the
+    main client's connection pool.
     """
 
-    def __init__(self, client: Client, options: ControllerOptions | None = None, disabled: Iterable[str] = (),
-                 gc_client: Client | None = None, only: Iterable[str] | None = None) -> None:
+    def __init__(self, client: ClientSource, options: ControllerOptions | None = None, disabled: Iterable[str] = (),
+                 gc_client: ClientSource | None = None, only: Iterable[str] | None = None) -> None:
         unknown = (set(disabled) | set(only or ())) - set(CONTROLLERS)
         if unknown:
             raise ValueError(f"unknown controllers: {', '.join(sorted(unknown))} (known: {', '.join(CONTROLLERS)})")
-        self.client = client
         self.options = options or ControllerOptions()
-        self.factory = InformerFactory(client)
-        self.gc_factory = InformerFactory(gc_client) if gc_client is not None else None
+        self._gc_client = gc_client
+        self.gc_factory: InformerFactory | None = None
         wanted = [n for n in CONTROLLERS if n not in set(disabled) and (only is None or n in set(only))]
-        self.controllers: dict[str, BaseController] = {}
-        for name in wanted:
-            cls = CONTROLLERS[name]
-            if cls is GarbageCollector:
-                self.controllers[name] = GarbageCollector(client, self.factory, self.options,
-                                                          own_informers=self.gc_factory)
-            else:
-                self.controllers[name] = cls(client, self.factory, self.options)
-        self._tasks: list[asyncio.Task[None]] = []
+        super().__init__(COMPONENT, client, [self._maker(CONTROLLERS[name]) for name in wanted],
+                         requires=[components.ADDONS])
+
+    def _maker(self, cls: type[BaseController]) -> MakeController:
+        if cls is not GarbageCollector:
+            return lambda client, informers: cls(client, informers, self.options)
+
+        def make_gc(client: Client, informers: InformerFactory) -> BaseController:
+            self.gc_factory = None if self._gc_client is None else self.extra_informers(self._gc_client)
+            return GarbageCollector(client, informers, self.options, own_informers=self.gc_factory)
+
+        return make_gc
+
+    @property
+    def factory(self) -> InformerFactory | None:
+        """The informers every controller shares (this run's)."""
+        return self.informers
 
     async def start(self, sync_timeout: float | None = None) -> None:
         """Set every controller up, start the informers, wait for their caches, start the workers."""
-        for controller in self.controllers.values():
-            controller.setup()
-        self.factory.start()
-        try:
-            await asyncio.wait_for(self.factory.wait_synced(), sync_timeout)
-        except BaseException:
-            await self.stop()
-            raise
-        for name, controller in self.controllers.items():
-            self._tasks.append(asyncio.create_task(self._run(name, controller), name=f"controller-{name}"))
-        log.info("controllers started", controllers=",".join(self.controllers))
-
-    async def _run(self, name: str, controller: BaseController) -> None:
-        try:
-            await controller.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("controller stopped", controller=name)
-            raise
-
-    async def wait(self) -> None:
-        """Until a controller fails (its exception) or the manager is cancelled."""
-        await asyncio.gather(*self._tasks)
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        for controller in self.controllers.values():
-            controller.queue.shutdown()
-        await self.factory.stop()
-        if self.gc_factory is not None:
-            await self.gc_factory.stop()
-
-    async def __aenter__(self) -> ControllerManager:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        if sync_timeout is not None:
+            self.sync_timeout = sync_timeout
+        await super().start()
 
 
 def options_from_context(ctx: PluginContext) -> ControllerOptions:
@@ -160,17 +126,13 @@ def controller_manager_component(ctx: PluginContext, disabled: Iterable[str] = (
     manifests, so it starts once the addon deployer has applied them.
     """
 
+    def client(user_agent: str) -> Callable[[], Client]:
+        return lambda: ctx.component_client(COMPONENT, user_agent)
+
     async def run(ready: Ready) -> None:
-        client = ctx.component_client(COMPONENT, "k3p-controller-manager")
-        gc_client = ctx.component_client(COMPONENT, "k3p-garbage-collector")
-        manager = ControllerManager(client, options_from_context(ctx), disabled, gc_client=gc_client)
-        try:
-            await manager.start()
-            ready()
-            await manager.wait()
-        finally:
-            await manager.stop()
-            await client.close()
-            await gc_client.close()
+        # made anew at every (re)start: a bad option fails the component, not the server
+        manager = ControllerManager(client("k3p-controller-manager"), options_from_context(ctx), disabled,
+                                    gc_client=client("k3p-garbage-collector"))
+        await manager.run(ready)
 
     return TaskComponent(COMPONENT, run, requires=[components.ADDONS])
