@@ -16,6 +16,7 @@ from k3p.hookspecs import hookimpl
 from k3p_plugins.local_storage.provisioner import PROVISIONER
 
 if TYPE_CHECKING:
+    from k3p.client.group import MakeController
     from k3p.config import Config, OptionSchema
     from k3p.context import PluginContext
     from k3p.supervisor import Component
@@ -66,22 +67,13 @@ def k3p_manifests(config: Config) -> list[dict[str, Any]]:
     return manifests()
 
 
-def _controller(ctx: PluginContext, name: str, user_agent: str, make: Any, requires: tuple[str, ...] = ()) -> Component:
+def _controller(ctx: PluginContext, name: str, user_agent: str, make: MakeController,
+                requires: tuple[str, ...] = ()) -> Component:
     """A component running one of the plugin's controllers (``make(client, informers)``) as its own user."""
-    from k3p.client import InformerFactory
-    from k3p.supervisor import TaskComponent
-    from k3p_plugins.local_storage.provisioner import run_controller
+    from k3p.client import ControllerGroup
 
-    async def run(ready: Any) -> None:
-        assert ctx.component_client is not None, f"{name} needs ctx.component_client"
-        client = ctx.component_client(COMPONENT, user_agent)
-        informers = InformerFactory(client)
-        try:
-            await run_controller(make(client, informers), informers, ready)
-        finally:
-            await client.close()
-
-    return TaskComponent(name, run, requires=requires)
+    return ControllerGroup(name, lambda: ctx.component_client(COMPONENT, user_agent), [make],
+                           requires=requires).component()
 
 
 @hookimpl

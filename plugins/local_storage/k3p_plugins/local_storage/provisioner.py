@@ -297,16 +297,3 @@ def _make_folder(folder: str) -> None:
     os.makedirs(folder, exist_ok=True)
     os.chmod(folder, 0o777)  # local-path's setup: any container user may write its volume
 
-
-async def run_controller(controller: Controller, informers: InformerFactory, ready: Any) -> None:
-    """Start the informers, wait for their caches, then work until cancelled."""
-    controller.setup()
-    informers.start()
-    try:
-        await informers.wait_synced()
-        ready()
-        await controller.run()
-    finally:
-        controller.queue.shutdown()
-        await informers.stop()
-
