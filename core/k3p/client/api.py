@@ -186,6 +186,31 @@ class Client:
             raise ApiError(r.status_code, data)
         return data
 
+    # --- discovery --------------------------------------------------------------------------
+
+    async def api_resources(self, api_version: str) -> list[Resource]:
+        """The resources served at one group version (``GET /api/v1``, ``/apis/<group>/<version>``).
+
+        Subresources (``pods/status``) are left out; [] when the server does not serve that
+        group version. Asks the server every time: CRDs change what is served at run time.
+        """
+        group, _, version = api_version.rpartition("/")
+        if not version or "/" in group:
+            return []
+        path = f"/apis/{group}/{version}" if group else f"/api/{version}"
+        try:
+            doc = await self.request("GET", path)
+        except ApiError as e:
+            if e.not_found:
+                return []
+            raise
+        return [Resource(group, version, r["name"], bool(r.get("namespaced")), r.get("kind", ""))
+                for r in (doc or {}).get("resources") or () if "/" not in r.get("name", "/")]
+
+    async def resource_for(self, api_version: str, kind: str) -> Resource | None:
+        """The served resource of ``kind`` in ``api_version`` (scope and plural from discovery), or None."""
+        return next((r for r in await self.api_resources(api_version) if r.kind == kind), None)
+
     # --- verbs ------------------------------------------------------------------------------
 
     async def get(self, res: Resource, name: str, namespace: str | None = None,

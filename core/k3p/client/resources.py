@@ -35,13 +35,16 @@ CLUSTERROLES = Resource("rbac.authorization.k8s.io", "v1", "clusterroles", False
 CLUSTERROLEBINDINGS = Resource("rbac.authorization.k8s.io", "v1", "clusterrolebindings", False, "ClusterRoleBinding")
 ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", True, "Role")
 ROLEBINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", True, "RoleBinding")
+CUSTOMRESOURCEDEFINITIONS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", False,
+                                     "CustomResourceDefinition")
 
-#: by (apiVersion, kind), for following ownerReferences
+#: by (apiVersion, kind), for following ownerReferences; other kinds (custom resources) are
+#: found through discovery: ``Client.resource_for``
 BY_KIND = {
     (r.api_version, r.kind): r
     for r in (NAMESPACES, NODES, PODS, SERVICES, ENDPOINTS, CONFIGMAPS, SECRETS, SERVICEACCOUNTS,
               PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES, REPLICATIONCONTROLLERS, DEPLOYMENTS, REPLICASETS,
               DAEMONSETS, STATEFULSETS, CONTROLLERREVISIONS, JOBS, CRONJOBS, LEASES, ENDPOINTSLICES, INGRESSES,
               INGRESSCLASSES, PODDISRUPTIONBUDGETS, PRIORITYCLASSES, STORAGECLASSES, CLUSTERROLES,
-              CLUSTERROLEBINDINGS, ROLES, ROLEBINDINGS)
+              CLUSTERROLEBINDINGS, ROLES, ROLEBINDINGS, CUSTOMRESOURCEDEFINITIONS)
 }
