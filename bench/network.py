@@ -58,7 +58,7 @@ from typing import Any
 import structlog
 from _common import Progress, WrkResult, banner, capacity_line, parse_wrk, percentile, process_cpu_seconds
 
-from k3p import ocibuild
+import k3p_plugins.containerd.ocibuild as ocibuild
 from k3p.testing import descendants, stop_process, wait_for
 from k3p.testing.netns import NETNS_DIR, NetnsLab, NetnsNode
 

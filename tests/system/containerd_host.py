@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from k3p import ocibuild
+import k3p_plugins.containerd.ocibuild as ocibuild
 from k3p.testing import K3pServer
 from k3p.testing.process import pod_network_namespaces, remove_network_namespaces
 from k3p_plugins.containerd.paths import ContainerdPaths

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from containerd_host import IMAGE
 
-from k3p import ocibuild
+import k3p_plugins.containerd.ocibuild as ocibuild
 from k3p.testing import wait_for
 from k3p.testing.netns import NetnsLab, NetnsNode
 

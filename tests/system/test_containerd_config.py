@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from k3p import ocibuild
+import k3p_plugins.containerd.ocibuild as ocibuild
 from k3p.config import Config, OptionSchema
 from k3p.context import PluginContext
 from k3p.protocols.runtime import Runtime

@@ -29,7 +29,7 @@ import pytest
 import pytest_asyncio
 from containerd_host import remove_new_dirs
 
-from k3p import ocibuild
+import k3p_plugins.containerd.ocibuild as ocibuild
 from k3p.config import Config
 from k3p.context import PluginContext
 from k3p.protocols.runtime import (

@@ -23,7 +23,7 @@ import structlog
 from cri_api.v1 import api_pb2 as api
 from cri_api.v1 import api_pb2_grpc as api_grpc
 
-from k3p import ocibuild
+import k3p_plugins.containerd.ocibuild as ocibuild
 from k3p.protocols.runtime import (
     ContainerConfig,
     ContainerState,
