@@ -776,22 +776,23 @@ async def _eq(value: Any, expected: Any) -> bool:
 
 
 async def test_component_runs_until_cancelled(server: K3pServer, client: Client) -> None:
-    from types import SimpleNamespace
-
     from k3p.config import Config
+    from k3p.context import PluginContext
     from k3p_plugins.controller_manager import controller_manager_component
 
     config = Config("server", {"cluster_cidr": "10.42.0.0/16", "https_listen_port": server.port,
                                "advertise_address": "127.0.0.1", "node_monitor_grace_period": "30"})
     made: list[Client] = []
 
-    def new_client(_agent: str) -> Client:
+    def component_client(component: str, _agent: str) -> Client:
+        assert component == "controller-manager"  # acts as system:kube-controller-manager, not as an admin
         made.append(Client.from_kubeconfig(server.kubeconfig))
         return made[-1]
 
-    ctx = SimpleNamespace(config=config, new_client=new_client, pki=None)
-    component = controller_manager_component(ctx, disabled={"podgc"})  # type: ignore[arg-type]
-    assert component.name == "controller-manager" and component.requires == ("apiserver",)
+    ctx = PluginContext(config=config, data_dir=server.data_dir, component_client=component_client)
+    component = controller_manager_component(ctx, disabled={"podgc"})
+    # its rights come from the plugin's manifests: it starts once the addon deployer applied them
+    assert component.name == "controller-manager" and component.requires == ("addons",)
     became_ready = asyncio.Event()
     task = asyncio.create_task(component.run(became_ready.set))
     await asyncio.wait_for(became_ready.wait(), 30)
