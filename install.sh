@@ -130,4 +130,10 @@ if [ "$dev" = 1 ]; then
 fi
 "$python" -m pip install "${pip_args[@]}" "${install[@]}"
 echo "k3p installed with plugins: $(for n in "${!folder_of[@]}"; do [ -z "${left_out[$n]:-}" ] && printf '%s ' "$n"; done)"
-echo "k3p command: $(command -v k3p || echo "$("$python" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/k3p")"
+# the interpreter's own scripts folder first: with PYTHON=venv/bin/python, another k3p on PATH is not this one
+scripts=$("$python" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+if [ -x "$scripts/k3p" ]; then
+  echo "k3p command: $scripts/k3p"
+else
+  echo "k3p command: $(command -v k3p || echo "$scripts/k3p")"
+fi
