@@ -21,7 +21,7 @@ usage: k3p COMMAND [options]
 commands:
   server         Run the control plane (and, unless --disable-agent, a node)
   agent          Join a server as a node (--server URL --token TOKEN)
-  plugins list   Show discovered plugins, their hooks and whether they are enabled
+  plugins        list: show plugins and whether they are enabled; new NAME [DIR]: write a plugin skeleton
   check-config   Check that this host can run k3p
   datastore      datastore backup FILE: copy the datastore while the server runs
   kubectl        Run kubectl against this server (uses the admin kubeconfig)
@@ -102,8 +102,13 @@ def cmd_agent(argv: Sequence[str]) -> int:
 
 
 def cmd_plugins(argv: Sequence[str]) -> int:
+    if argv and argv[0] == "new":
+        from k3p.scaffold import main as new_plugin
+
+        return new_plugin(argv[1:])
     if not argv or argv[0] != "list":
-        return fail("usage: k3p plugins list [-o table|json] [--disable NAME] [--config FILE]")
+        return fail("usage: k3p plugins list [-o table|json] [--disable NAME] [--config FILE]"
+                    " | k3p plugins new NAME [DIR]")
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("-o", "--output", choices=("table", "json"), default=None,
                        help="Output format (default: table on a terminal, json otherwise)")
