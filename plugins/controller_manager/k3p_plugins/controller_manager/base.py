@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,8 +57,19 @@ class BaseController(Controller):
         task.add_done_callback(self._pending_events.discard)
 
     async def start(self) -> None:
-        """Extra work before the workers run (informers are synced by then); e.g. periodic loops."""
+        """Extra work before the workers run (informers are synced by then); e.g. ``self.spawn(loop())``."""
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the workers, for as long as they run (cancelled with them)."""
+        self._background.append(asyncio.get_running_loop().create_task(work))
 
     async def run(self) -> None:
-        await self.start()
-        await super().run()
+        self._background: list[asyncio.Task[None]] = []
+        try:
+            await self.start()
+            await super().run()
+        finally:
+            # a stopped or restarted controller must leave no loop behind on a dead queue or client
+            for task in self._background:
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)

@@ -113,7 +113,7 @@ class GarbageCollector(BaseController):
     async def start(self) -> None:
         await self._discover()
         await self.own.wait_synced()
-        asyncio.get_running_loop().create_task(self._rediscover())
+        self.spawn(self._rediscover())
 
     async def _rediscover(self) -> None:
         while True:

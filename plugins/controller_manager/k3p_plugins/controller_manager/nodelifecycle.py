@@ -113,7 +113,7 @@ class NodeLifecycleController(BaseController):
         self.queue.add(name_of(lease))
 
     async def start(self) -> None:
-        asyncio.get_running_loop().create_task(self._monitor())
+        self.spawn(self._monitor())
 
     async def _monitor(self) -> None:
         while True:

@@ -140,13 +140,8 @@ class PersistentVolumeController(BaseController):
 
         asyncio.get_running_loop().call_soon(queue_them)
 
-    async def run(self) -> None:
-        resync = asyncio.create_task(self._resync())
-        try:
-            await super().run()
-        finally:
-            resync.cancel()
-            await asyncio.gather(resync, return_exceptions=True)
+    async def start(self) -> None:
+        self.spawn(self._resync())
 
     async def _resync(self) -> None:
         while True:

@@ -32,7 +32,7 @@ class PodGCController(BaseController):
         self.period = GC_PERIOD
 
     async def start(self) -> None:
-        asyncio.get_running_loop().create_task(self._loop())
+        self.spawn(self._loop())
 
     async def _loop(self) -> None:
         while True:
