@@ -307,10 +307,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from k3p import components
-from k3p.client import Client, Controller, InformerFactory, split_key
+from k3p.client import Client, Controller, ControllerGroup, InformerFactory, split_key
 from k3p.client.objects import annotations_of
 from k3p.client.resources import CONFIGMAPS
-from k3p.supervisor import Ready, TaskComponent
+from k3p.supervisor import TaskComponent
 
 from ${package} import ANNOTATION, LABEL, PLUGIN
 
@@ -350,28 +350,19 @@ class GreetingController(Controller):
 
 def greeting_component(ctx: PluginContext, greeting: str) -> TaskComponent:
     """The supervised component that runs the controller as the plugin's own user."""
-
-    async def run(ready: Ready) -> None:
+    group = ControllerGroup(
+        f"{PLUGIN}-greeter",
         # The plugin's user (system:k3p:<PLUGIN>), not the control plane's: the controller
         # can do no more than the ClusterRole of k3p_manifests allows.
-        client = ctx.component_client(PLUGIN, f"k3p-{PLUGIN}")
-        informers = InformerFactory(client)
-        controller = GreetingController(client, informers, greeting)
-        controller.setup()
-        informers.start()
-        try:
-            await informers.wait_synced()
-            ready()  # the cache is filled: reconcile sees every labelled ConfigMap from here on
-            await controller.run()  # works until the supervisor cancels it at shutdown
-        finally:
-            # Also runs on a crash: the supervisor then starts run() afresh after a back-off.
-            controller.queue.shutdown()
-            await informers.stop()
-            await client.close()
-
-    # ADDONS is ready once every plugin's k3p_manifests are applied: our RBAC is in place
-    # before the first request, so the first list is not refused.
-    return TaskComponent(f"{PLUGIN}-greeter", run, requires=[components.ADDONS])
+        lambda: ctx.component_client(PLUGIN, f"k3p-{PLUGIN}"),
+        [lambda client, informers: GreetingController(client, informers, greeting)],
+        # ADDONS is ready once every plugin's k3p_manifests are applied: our RBAC is in place
+        # before the first request, so the first list is not refused.
+        requires=[components.ADDONS],
+    )
+    # The group fills the informers' caches before it reports ready, restarts from fresh
+    # caches after a crash, and closes the client at shutdown.
+    return group.component()
 '''
 
 _TEST = '''\
