@@ -13,7 +13,7 @@ import structlog
 import k3p
 from k3p import config as cfg
 from k3p import log as logsetup
-from k3p.plugins import PluginError, PluginManager
+from k3p.plugins import PluginError, PluginManager, installed_plugins
 
 USAGE = """\
 usage: k3p COMMAND [options]
@@ -45,10 +45,12 @@ def load(command: str, argv: Sequence[str], inspect_disabled: bool = False,
     plugins), then every enabled plugin's options, then the full parse of flags."""
     path, explicit = cfg.config_file_location(argv)
     layers = cfg.read_file_layers(cfg.config_files(path, explicit))
-    disabled, where = cfg.early_disable_list(command, argv, layers)
+    installed = installed_plugins()
+    disabled, where = cfg.early_disable_list(command, argv, layers, installed=installed)
     plugins = PluginManager(disabled, where, inspect_disabled=inspect_disabled)
     schema = cfg.OptionSchema()
     cfg.add_core_options(schema)
+    cfg.add_disable_aliases(schema, installed)
     plugins.add_options(schema)
     parser = cfg.build_parser(command, schema, prog or f"k3p {command}", _DESCRIPTIONS[command])
     if extra_flags is not None:

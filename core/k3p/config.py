@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -119,7 +119,6 @@ def add_core_options(schema: OptionSchema) -> None:
         help="Folder to hold state (default /var/lib/rancher/k3p as root, ~/.rancher/k3p otherwise)")
     add("disable", type=list, commands=server, metavar="NAME",
         help="Do not load the named plugin (repeatable, comma-separated); its objects are removed")
-    add_disable_aliases(schema)
     add("bind-address", default="0.0.0.0", commands=server, metavar="IP",
         help="Address the API server listens on")
     add("https-listen-port", type=int, default=6443, commands=server, metavar="PORT",
@@ -185,10 +184,15 @@ DISABLE_ALIASES: dict[str, tuple[str, tuple[str, ...], str]] = {
 }
 
 
-def add_disable_aliases(schema: OptionSchema) -> None:
+DISABLE_ALIASES_PLUGINS = tuple(plugin for plugin, _commands, _effect in DISABLE_ALIASES.values())
+
+
+def add_disable_aliases(schema: OptionSchema, installed: Container[str]) -> None:
+    """The aliases of the installed plugins only: a trimmed install shows no trace of the others."""
     for flag, (plugin, commands, effect) in DISABLE_ALIASES.items():
-        schema.add(flag, type=bool, default=False, commands=commands,
-                   help=f"Same as --disable {plugin}: {effect}")
+        if plugin in installed:
+            schema.add(flag, type=bool, default=False, commands=commands,
+                       help=f"Same as --disable {plugin}: {effect}")
 
 
 def default_data_dir() -> str:
@@ -399,7 +403,7 @@ def config_file_location(argv: Sequence[str], environ: dict[str, str] | None = N
 
 def early_disable_list(
     command: str, argv: Sequence[str], file_layers: Sequence[tuple[str, dict[str, Any]]],
-    environ: dict[str, str] | None = None,
+    environ: dict[str, str] | None = None, installed: Container[str] = frozenset(DISABLE_ALIASES_PLUGINS),
 ) -> tuple[list[str], dict[str, str]]:
     """The plugins to leave out, known before plugins are loaded, with where each was named.
 
@@ -409,7 +413,7 @@ def early_disable_list(
     environ = os.environ if environ is None else environ
     schema = OptionSchema()
     schema.add("disable", type=list, help="plugins to leave out", commands=("server",))
-    add_disable_aliases(schema)
+    add_disable_aliases(schema, installed)
     pre = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
     flags: dict[str, Any] = {}
     for opt in schema.options(command):

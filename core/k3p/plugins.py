@@ -54,6 +54,11 @@ def _entry_points(group: str) -> dict[str, metadata.EntryPoint]:
     return found
 
 
+def installed_plugins(group: str = ENTRY_POINT_GROUP) -> set[str]:
+    """The names of every installed plugin (entry points; nothing is imported)."""
+    return set(_entry_points(group))
+
+
 def _hook_names(pm: pluggy.PluginManager, plugin: object) -> list[str]:
     return sorted(caller.name for caller in pm.get_hookcallers(plugin) or ())
 

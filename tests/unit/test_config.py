@@ -124,3 +124,21 @@ def test_unknown_flag_is_a_config_error(tmp_path: Path) -> None:
 def test_every_core_option_has_help() -> None:
     for opt in schema().options():
         assert opt.help, opt.name
+
+
+def test_disable_aliases_name_installed_plugins_only(tmp_path: Path) -> None:
+    """K3s's --disable-scheduler is --disable scheduler; a trimmed install has no alias of what it left out."""
+    files = layers(tmp_path, "disable-controller-manager: true\n")
+    names, where = cfg.early_disable_list("server", ["--disable-scheduler"], files, {},
+                                          installed={"scheduler", "controller-manager"})
+    assert names == ["scheduler", "controller-manager"]
+    assert where["scheduler"] == "flag --disable-scheduler"
+    # on agents only the proxy's alias exists
+    names, _ = cfg.early_disable_list("agent", ["--disable-kube-proxy", "--disable-scheduler"], [], {},
+                                      installed={"kube-proxy", "scheduler"})
+    assert names == ["kube-proxy"]
+    schema = cfg.OptionSchema()
+    cfg.add_disable_aliases(schema, installed={"scheduler"})
+    assert [o.name for o in schema.options()] == ["disable-scheduler"]
+    names, _ = cfg.early_disable_list("server", ["--disable-kube-proxy"], [], {}, installed=set())
+    assert names == []  # the full parse then rejects the unknown flag
