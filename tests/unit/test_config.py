@@ -128,7 +128,7 @@ def test_every_core_option_has_help() -> None:
 
 def test_disable_aliases_name_installed_plugins_only(tmp_path: Path) -> None:
     """K3s's --disable-scheduler is --disable scheduler; a trimmed install has no alias of what it left out."""
-    files = layers(tmp_path, "disable-controller-manager: true\n")
+    files = layers(tmp_path, "disable-controller-manager: true\n", {})
     names, where = cfg.early_disable_list("server", ["--disable-scheduler"], files, {},
                                           installed={"scheduler", "controller-manager"})
     assert names == ["scheduler", "controller-manager"]
