@@ -113,10 +113,10 @@ class ServerState:
 
     def plugin_context(self, **node: Any) -> PluginContext:
         """The context of server components, or (with ``node`` fields) of the server's own node."""
+        fields: dict[str, Any] = {"node_ips": self.host_addresses, "new_client": self.control_plane_client, **node}
         return PluginContext(config=self.config, data_dir=self.data_dir, api_url=self.api_url,
                              cluster=self.cluster, ca_pem=self.pki.server_ca.cert_path.read_text(),
-                             new_client=self.control_plane_client, component_client=self.component_client,
-                             **{"node_ips": self.host_addresses, **node})
+                             component_client=self.component_client, **fields)
 
 
 def local_api_url(config: Config) -> str:
