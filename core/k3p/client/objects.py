@@ -1,12 +1,17 @@
-"""Helpers for plain-dict Kubernetes objects: times, owner references, conditions."""
+"""Helpers for plain-dict Kubernetes objects: times, owner references, conditions.
+
+The time helpers here are the one way k3p writes Kubernetes timestamps; the API server and the
+agent use them too, so this module imports only the standard library at run time.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from k3p.client.api import Obj
+if TYPE_CHECKING:
+    from k3p.client.api import Obj
 
 
 def utcnow() -> dt.datetime:
@@ -14,9 +19,23 @@ def utcnow() -> dt.datetime:
 
 
 def format_time(when: dt.datetime | None = None) -> str:
-    """RFC 3339 in UTC with seconds, as Kubernetes writes metav1.Time."""
+    """RFC 3339 in UTC with seconds, as Kubernetes writes metav1.Time (now without ``when``).
+
+    Sub-second digits are dropped (not rounded); a naive ``when`` is taken as local time.
+    """
     when = when or utcnow()
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_micro_time(when: dt.datetime | None = None) -> str:
+    """RFC 3339 in UTC with microseconds, as Kubernetes writes metav1.MicroTime (now without ``when``)."""
+    when = when or utcnow()
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def format_unix_time(seconds: float) -> str:
+    """A Unix timestamp (seconds since the epoch) as metav1.Time: UTC, sub-seconds dropped."""
+    return format_time(dt.datetime.fromtimestamp(seconds, dt.UTC))
 
 
 def parse_time(value: str | None) -> dt.datetime | None:
