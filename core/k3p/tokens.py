@@ -24,6 +24,7 @@ from typing import Any
 
 from k3p import pki as pki_mod
 from k3p.client import ApiError, Client
+from k3p.client.objects import format_time, utcnow
 from k3p.client.resources import SECRETS
 from k3p.config import ConfigError, default_data_dir
 from k3p.durations import parse_duration
@@ -48,7 +49,7 @@ def token_secret(token: str, ttl: timedelta | None, description: str, usages: Se
         raise ConfigError(f"invalid token {token!r}: it must look like [a-z0-9]{{6}}.[a-z0-9]{{16}}")
     data = {"token-id": m.group(1), "token-secret": m.group(2)}
     if ttl:
-        data["expiration"] = ((now or datetime.now(UTC)) + ttl).strftime("%Y-%m-%dT%H:%M:%SZ")
+        data["expiration"] = format_time((now or utcnow()) + ttl)
     if description:
         data["description"] = description
     for usage in usages:

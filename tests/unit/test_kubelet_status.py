@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from k3p.agent import podstatus
 from k3p.agent.podstatus import PodView, ProbeState
+from k3p.client.objects import format_unix_time
 from k3p.protocols.runtime import (
     ANNOTATION_RESTART_COUNT,
     ContainerState,
@@ -52,16 +53,16 @@ def test_running_pod() -> None:
     assert status["phase"] == "Running"
     assert status["podIP"] == "10.42.0.9" and status["podIPs"] == [{"ip": "10.42.0.9"}]
     assert status["hostIP"] == "192.168.1.5" and status["hostIPs"] == [{"ip": "192.168.1.5"}]
-    assert status["qosClass"] == "BestEffort" and status["startTime"] == podstatus.timestamp(T0 + 10)
+    assert status["qosClass"] == "BestEffort" and status["startTime"] == format_unix_time(T0 + 10)
     (cs,) = status["containerStatuses"]
-    assert cs["state"] == {"running": {"startedAt": podstatus.timestamp(T0)}}
+    assert cs["state"] == {"running": {"startedAt": format_unix_time(T0)}}
     assert cs["ready"] and cs["started"] and cs["restartCount"] == 0
     assert cs["containerID"] == "containerd://app-0" and cs["imageID"].endswith("@sha256:abc")
     conds = conditions(status)
     assert [c["type"] for c in status["conditions"]] == ["PodReadyToStartContainers", "Initialized", "Ready",
                                                           "ContainersReady", "PodScheduled"]
     assert all(c["status"] == "True" for c in conds.values())
-    assert all(c["lastTransitionTime"] == podstatus.timestamp(T0 + 10) and c["lastProbeTime"] is None
+    assert all(c["lastTransitionTime"] == format_unix_time(T0 + 10) and c["lastProbeTime"] is None
                for c in conds.values())
 
 
@@ -186,8 +187,8 @@ def test_transition_times_are_kept_while_the_status_holds() -> None:
     again = podstatus.generate(pod(status=first), view(ctr("app", RUNNING)), T0 + 100)
     assert again == first
     stopped = podstatus.generate(pod(status=first), view(ctr("app", EXITED, exit_code=1)), T0 + 200)
-    assert conditions(stopped)["Ready"]["lastTransitionTime"] == podstatus.timestamp(T0 + 200)
-    assert conditions(stopped)["PodScheduled"]["lastTransitionTime"] == podstatus.timestamp(T0)
+    assert conditions(stopped)["Ready"]["lastTransitionTime"] == format_unix_time(T0 + 200)
+    assert conditions(stopped)["PodScheduled"]["lastTransitionTime"] == format_unix_time(T0)
 
 
 def test_pod_ip_stays_after_the_sandbox_is_gone() -> None:

@@ -10,13 +10,14 @@ import pytest
 from k3p.apiserver.printers import human_duration
 from k3p.apiserver.schemas import definitions
 from k3p.apiserver.tables import table_version_from_accept, to_table
+from k3p.client.objects import format_time
 
 NOW = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def ago(seconds: float) -> str:
     """An RFC 3339 timestamp ``seconds`` before NOW."""
-    return (NOW - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time(NOW - timedelta(seconds=seconds))
 
 
 def meta(name: str, age: float = 300, **extra: Any) -> dict[str, Any]:

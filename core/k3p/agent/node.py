@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import functools
 import hashlib
 import os
@@ -27,6 +26,7 @@ from typing import Any
 import structlog
 
 from k3p.client import ApiError, Client, InformerFactory
+from k3p.client.objects import format_micro_time, format_time
 from k3p.client.resources import LEASES, NODES
 from k3p.protocols.runtime import Runtime
 
@@ -47,15 +47,6 @@ ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64
 
 #: a check of something the node needs (e.g. the pod network): (ready, message when not)
 ReadinessCheck = Callable[[], tuple[bool, str]]
-
-
-def now_time() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def micro_time() -> str:
-    """metav1.MicroTime: RFC 3339 with microseconds."""
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_taint(text: str) -> Obj:
@@ -358,7 +349,7 @@ class NodeAgent:
         now = time.monotonic()
         if not force and status == self._reported and now - self._last_report < self.config.report_interval:
             return False
-        stamp = now_time()
+        stamp = format_time()
         old = {c.get("type"): c for c in ((self.node or {}).get("status") or {}).get("conditions") or []}
         conditions = []
         for c in status["conditions"]:
@@ -381,7 +372,7 @@ class NodeAgent:
             meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": self.uid}]
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
                 "spec": {"holderIdentity": self.name, "leaseDurationSeconds": self.config.lease_duration,
-                         "renewTime": micro_time()}}
+                         "renewTime": format_micro_time()}}
 
     async def renew_lease(self) -> Obj:
         """Renew (or create) the node's Lease; returns the stored Lease."""
@@ -401,7 +392,7 @@ class NodeAgent:
                         continue
             lease = {**self._lease, "spec": {**(self._lease.get("spec") or {}), "holderIdentity": self.name,
                                              "leaseDurationSeconds": self.config.lease_duration,
-                                             "renewTime": micro_time()}}
+                                             "renewTime": format_micro_time()}}
             try:
                 self._lease = await self.client.update(LEASES, lease)
                 return self._lease

@@ -9,12 +9,12 @@ ErrImagePull, ...), and a phase that never leaves Succeeded or Failed once the A
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from k3p.agent import podspec
+from k3p.client.objects import format_unix_time
 from k3p.protocols.runtime import ANNOTATION_RESTART_COUNT, ContainerState, ContainerStatus, SandboxState, SandboxStatus
 from k3p.quantity import parse_quantity
 
@@ -26,11 +26,6 @@ KUBELET_CONDITIONS = ("PodReadyToStartContainers", "Initialized", "Ready", "Cont
 #: the status fields the kubelet writes (the rest belongs to others, e.g. nominatedNodeName)
 KUBELET_FIELDS = ("phase", "conditions", "containerStatuses", "initContainerStatuses", "podIP", "podIPs", "hostIP",
                   "hostIPs", "startTime", "qosClass")
-
-
-def timestamp(t: float) -> str:
-    """RFC 3339 with seconds, as Kubernetes serializes metav1.Time."""
-    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def go_duration(seconds: float) -> str:
@@ -107,11 +102,11 @@ def latest_sandbox(sandboxes: Iterable[SandboxStatus]) -> SandboxStatus | None:
 def _state_of(c: ContainerStatus, runtime_name: str, message: str = "") -> Obj:
     cid = f"{runtime_name}://{c.id}"
     if c.state == ContainerState.RUNNING:
-        return {"running": {"startedAt": timestamp(c.started_at)}}
+        return {"running": {"startedAt": format_unix_time(c.started_at)}}
     if c.state == ContainerState.EXITED:
         term: Obj = {"exitCode": c.exit_code, "reason": c.reason or ("Completed" if c.exit_code == 0 else "Error"),
-                     "startedAt": timestamp(c.started_at) if c.started_at else None,
-                     "finishedAt": timestamp(c.finished_at) if c.finished_at else None, "containerID": cid}
+                     "startedAt": format_unix_time(c.started_at) if c.started_at else None,
+                     "finishedAt": format_unix_time(c.finished_at) if c.finished_at else None, "containerID": cid}
         text = c.message or message
         if text:
             term["message"] = text
@@ -349,7 +344,7 @@ def with_transition_times(conditions: list[Obj], old: list[Obj], now: float) -> 
     for c in conditions:
         prev = old_by_type.get(c["type"])
         since = prev.get("lastTransitionTime") if prev and prev.get("status") == c["status"] else None
-        out.append({**c, "lastProbeTime": None, "lastTransitionTime": since or timestamp(now)})
+        out.append({**c, "lastProbeTime": None, "lastTransitionTime": since or format_unix_time(now)})
     return out
 
 
@@ -374,7 +369,7 @@ def generate(pod: Mapping[str, Any], view: PodView, now: float) -> Obj:
         "conditions": [*foreign, *with_transition_times(conditions, old.get("conditions") or [], now)],
         "containerStatuses": statuses,
         "qosClass": old.get("qosClass") or qos_class(spec),
-        "startTime": old.get("startTime") or timestamp(now),
+        "startTime": old.get("startTime") or format_unix_time(now),
     }
     if init_statuses:
         status["initContainerStatuses"] = init_statuses

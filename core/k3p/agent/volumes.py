@@ -27,6 +27,7 @@ import structlog
 
 from k3p.agent import podspec
 from k3p.client import ApiError, Client
+from k3p.client.objects import parse_time
 from k3p.client.resources import PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES, SERVICEACCOUNTS
 from k3p.protocols.runtime import Mount
 
@@ -280,10 +281,8 @@ class VolumeManager:
                 return cached.token  # keep the still-valid token; try again next refresh
             raise VolumeError(f"failed to fetch token: {e.message or e}") from None
         token = answer["status"]["token"]
-        expires = now + seconds
-        with contextlib.suppress(KeyError, ValueError):
-            expires = dt.datetime.strptime(answer["status"]["expirationTimestamp"],
-                                           "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+        when = parse_time(answer["status"].get("expirationTimestamp"))
+        expires = when.timestamp() if when else now + seconds
         # kube renews at 80% of the lifetime (or after 24 h, whichever comes first)
         renew = now + min((expires - now) * 0.8, 24 * 3600)
         self._tokens[key] = _Token(token, expires, renew)

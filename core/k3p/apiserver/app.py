@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-import datetime as dt
 import gc
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +34,7 @@ from k3p.apiserver.registry import Registry, ResourceType, builtin_registry
 from k3p.apiserver.request_info import RequestAttributes, RequestInfoError, UserInfo, request_attributes
 from k3p.apiserver.validation import validate
 from k3p.apiserver.watchcache import WatchCache, encode
+from k3p.client.objects import format_time, format_unix_time
 from k3p.protocols.datastore import Datastore
 
 log = structlog.get_logger(__name__)
@@ -602,7 +602,7 @@ class APIServer:
             new["spec"]["nodeName"] = target
             conditions = [c for c in new.setdefault("status", {}).get("conditions", []) if c["type"] != "PodScheduled"]
             conditions.append({"type": "PodScheduled", "status": "True", "lastProbeTime": None,
-                               "lastTransitionTime": strategy.now()})
+                               "lastTransitionTime": format_time()})
             new["status"]["conditions"] = conditions
             try:
                 await self.handlers._store_update(pods, current.key, current, new)
@@ -725,12 +725,11 @@ class APIServer:
         out = {
             "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
             "metadata": {"name": attrs.name, "namespace": attrs.namespace,
-                         "creationTimestamp": strategy.now()},
+                         "creationTimestamp": format_time()},
             "spec": {"audiences": spec.get("audiences") or ["https://kubernetes.default.svc.cluster.local"],
                      "expirationSeconds": seconds, "boundObjectRef": spec.get("boundObjectRef")},
             "status": {"token": token,
-                       "expirationTimestamp": dt.datetime.fromtimestamp(expires, dt.UTC).strftime(
-                           "%Y-%m-%dT%H:%M:%SZ")},
+                       "expirationTimestamp": format_unix_time(expires)},
         }
         return bodies.json_response(out, 201)
 

@@ -11,11 +11,12 @@ import copy
 import json
 import re
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from k3p.apiserver.registry import VERBS_CUSTOM_RESOURCE, Registry, ResourceType
 from k3p.apiserver.validation import Cause
+from k3p.client.objects import format_time
 
 CRD = dict[str, Any]
 
@@ -337,7 +338,7 @@ def crd_status(crd: CRD, registry: Registry | None = None, now: datetime | None 
     names = spec["names"]
     old_status = crd.get("status") or {}
     old_conditions = old_status.get("conditions") or []
-    timestamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    timestamp = format_time(now)
     used = _names_in_use(registry, spec["group"], names.get("plural", ""))
 
     conflict: tuple[str, str] | None = None

@@ -33,6 +33,7 @@ from k3p.apiserver.patch import (
 from k3p.apiserver.registry import ResourceType
 from k3p.apiserver.request_info import RequestAttributes
 from k3p.apiserver.watchcache import CachedObject, Expired, WatchCache, WatchEvent, encode
+from k3p.client.objects import format_time
 from k3p.protocols.datastore import CompactedError, ConflictError, Datastore, KeyExistsError, NotFoundError
 from k3p.selectors import SelectorError, parse_field_selector, parse_label_selector
 
@@ -441,7 +442,7 @@ class ResourceHandlers:
         strategy.prepare_create(rt, obj)
         await self._admit("CREATE", rt, obj, None)
         manager = _manager(request, query, "Update")
-        obj = update_managed_fields(None, obj, manager, "Update", "", rt.schema_node(), strategy.now())
+        obj = update_managed_fields(None, obj, manager, "Update", "", rt.schema_node(), format_time())
         key = rt.storage_key(ns, meta["name"])
         if dry:
             if self.cache.get(rt.key_prefix(None), key) is not None:
@@ -503,7 +504,7 @@ class ResourceHandlers:
             new = strategy.prepare_update(rt, old, obj, sub)
             self._immutable_checks(rt, old, new)
             await self._admit("UPDATE", rt, new, old)
-            new = update_managed_fields(old, new, manager, "Update", sub, rt.schema_node(), strategy.now())
+            new = update_managed_fields(old, new, manager, "Update", sub, rt.schema_node(), format_time())
             try:
                 return await self._answer_update(rt, key, current, new, dry, warnings)
             except _Retry:
@@ -596,7 +597,7 @@ class ResourceHandlers:
             else:
                 applied = self._check_body(rt, copy.deepcopy(patch_doc), ns, name)
                 # An ApplyConflictError is already the 409 Status kube answers with.
-                patched = server_side_apply(base, applied, manager, schema, force, strategy.now())
+                patched = server_side_apply(base, applied, manager, schema, force, format_time())
             if not isinstance(patched, dict):
                 raise bad_request("the patch did not result in an object")
             wanted_rv = None
@@ -615,7 +616,7 @@ class ResourceHandlers:
             self._immutable_checks(rt, old, new)
             await self._admit("UPDATE", rt, new, old)
             if kind != "apply":
-                new = update_managed_fields(old, new, manager, "Update", sub, schema, strategy.now())
+                new = update_managed_fields(old, new, manager, "Update", sub, schema, format_time())
             try:
                 return await self._answer_update(rt, key, current, new, dry, warnings)
             except _Retry:
@@ -629,7 +630,7 @@ class ResourceHandlers:
         self._name_check(rt, obj)
         self._namespace_checks(rt, ns, creating=True)
         warnings = self._validate(rt, obj, mode)
-        obj = server_side_apply(None, obj, manager, rt.schema_node(), True, strategy.now())
+        obj = server_side_apply(None, obj, manager, rt.schema_node(), True, format_time())
         strategy.prepare_create(rt, obj)
         await self._admit("CREATE", rt, obj, None)
         key = rt.storage_key(ns, attrs.name)
@@ -699,7 +700,7 @@ class ResourceHandlers:
                 if not finalizers:
                     meta.pop("finalizers", None)
                 if not meta.get("deletionTimestamp"):
-                    meta["deletionTimestamp"] = strategy.now()
+                    meta["deletionTimestamp"] = format_time()
                 if (rt.group, rt.resource) == ("", "namespaces"):
                     obj.setdefault("status", {})["phase"] = "Terminating"
                 if dry:

@@ -36,6 +36,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, un
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from k3p.client.objects import format_micro_time, format_time
+
 from . import schemas
 
 log = structlog.get_logger(__name__)
@@ -380,8 +382,8 @@ def _time(seconds: int, nanos: int, *, micro: bool) -> str | None:
     except (OverflowError, OSError, ValueError):
         raise ProtobufError(f"timestamp out of range: {seconds}") from None
     if micro:
-        return moment.replace(microsecond=nanos // 1000).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return format_micro_time(moment.replace(microsecond=nanos // 1000))
+    return format_time(moment)
 
 
 def go_duration(nanoseconds: int) -> str:

@@ -7,13 +7,13 @@ type schemas come from :mod:`k3p.apiserver.schemas`; what is here is behaviour.
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import re
 import secrets
 import uuid
 from typing import Any
 
 from k3p.apiserver.registry import ResourceType
+from k3p.client.objects import format_time
 
 Obj = dict[str, Any]
 
@@ -35,15 +35,6 @@ _PATH_SEGMENT_NAMED = {
 #: built-in kinds whose spec changes count as a new generation
 _GENERATION_EXEMPT = {("", "pods"), ("", "nodes"), ("", "namespaces"), ("", "persistentvolumes"),
                       ("", "persistentvolumeclaims"), ("", "services")}
-
-
-def now() -> str:
-    """The current time as Kubernetes writes it (RFC 3339, seconds, UTC)."""
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def now_micro() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def generate_name(prefix: str) -> str:
@@ -110,7 +101,7 @@ def prepare_create(rt: ResourceType, obj: Obj) -> None:
     """Server-set metadata and per-type defaults of a new object (in place)."""
     meta = obj.setdefault("metadata", {})
     meta["uid"] = str(uuid.uuid4())
-    meta["creationTimestamp"] = now()
+    meta["creationTimestamp"] = format_time()
     for key in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
         meta.pop(key, None)
     if tracks_generation(rt):

@@ -32,6 +32,7 @@ from k3p.apiserver.printers import (
     printer_columns,
     translate_timestamp_since,
 )
+from k3p.client.objects import format_time
 from k3p.selectors import BUILTIN_GROUPS
 
 __all__ = [
@@ -45,6 +46,8 @@ log = structlog.get_logger(__name__)
 
 INCLUDE_OBJECT_POLICIES = ("None", "Metadata", "Object")
 _TABLE_VERSIONS = ("v1", "v1beta1")
+#: Go's zero time, what an object without a creationTimestamp prints as
+_ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
 
 
 _DEFAULT_COLUMNS = (NAME_COLUMN, Column("Created At", "date", doc=AGE_COLUMN.doc))
@@ -73,11 +76,6 @@ def table_version_from_accept(accept: str | None) -> str | None:
         if params.get("as") == "Table" and params.get("g") == "meta.k8s.io" and params.get("v") in _TABLE_VERSIONS:
             return params["v"]
     return None
-
-
-def _rfc3339_utc(value: Any) -> str:
-    t = parse_time(value) or datetime(1, 1, 1, tzinfo=UTC)
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _go_json(value: Any) -> str:
@@ -249,7 +247,8 @@ def to_table(
         definitions = column_definitions(_DEFAULT_COLUMNS)
         for obj in items:
             meta = obj.get("metadata") or {}
-            rows.append({"cells": [meta.get("name", ""), _rfc3339_utc(meta.get("creationTimestamp"))]})
+            created = parse_time(meta.get("creationTimestamp")) or _ZERO_TIME
+            rows.append({"cells": [meta.get("name", ""), format_time(created)]})
 
     for obj, row in zip(items, rows, strict=True):
         if include_object == "None":

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from typing import Any
 
 import structlog
 
 from k3p.client.api import ApiError, Client, Obj
+from k3p.client.objects import format_time
 from k3p.client.resources import EVENTS
 
 log = structlog.get_logger(__name__)
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class EventRecorder:
@@ -34,7 +30,7 @@ class EventRecorder:
         namespace = meta.get("namespace") or "default"
         digest = hashlib.sha1(f"{meta.get('uid')}{reason}{message}{self.component}".encode()).hexdigest()[:10]
         name = f"{meta.get('name')}.{digest}"
-        now = _now()
+        now = format_time()
         involved: dict[str, Any] = {"kind": obj.get("kind"), "namespace": meta.get("namespace"),
                                     "name": meta.get("name"), "uid": meta.get("uid"),
                                     "apiVersion": obj.get("apiVersion"),

@@ -37,7 +37,7 @@ import copy
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import structlog
@@ -46,6 +46,7 @@ import k3p.apiserver.patch.fieldpath as fieldpath
 import k3p.apiserver.patch.structured as structured
 from k3p.apiserver.patch.errors import PatchError
 from k3p.apiserver.patch.fieldpath import Path, make_path
+from k3p.client.objects import format_time
 
 log = structlog.get_logger(__name__)
 
@@ -155,10 +156,6 @@ def _identity(manager: str, operation: str, api_version: str, subresource: str) 
     if subresource:
         ident["subresource"] = subresource
     return json.dumps(ident, separators=(",", ":"))
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _seconds(time: str | None) -> int:
@@ -327,7 +324,7 @@ def update_managed_fields(
         return result
     try:
         managed = _record_update(
-            old, result, managed, manager or "unknown", operation, subresource, schema, now or now_rfc3339(),
+            old, result, managed, manager or "unknown", operation, subresource, schema, now or format_time(),
             api_version or str(result.get("apiVersion") or ""), _reset_paths(reset_fields, subresource),
         )
     except structured.StructureError as exc:
@@ -436,7 +433,7 @@ def server_side_apply(
         )
     version = api_version or str(applied.get("apiVersion") or "")
     manager = manager or "unknown"
-    now = now or now_rfc3339()
+    now = now or format_time()
     config = _without_managed_fields(applied)
     current = _without_managed_fields(live) if live is not None else {}
     try:

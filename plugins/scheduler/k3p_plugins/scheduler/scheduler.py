@@ -11,7 +11,6 @@ API is too slow to take them all (kube's event broadcaster does the same).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import random
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -20,6 +19,7 @@ import structlog
 
 import k3p_plugins.scheduler.messages as messages
 from k3p.client import ApiError, Client, EventRecorder, InformerFactory
+from k3p.client.objects import format_time
 from k3p.client.resources import NAMESPACES, NODES, PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES, PODS, STORAGECLASSES
 from k3p_plugins.scheduler.algorithm import Algorithm
 from k3p_plugins.scheduler.cache import SchedulerCache
@@ -43,10 +43,6 @@ _ON_POD_ADDED = (INTER_POD_AFFINITY, POD_TOPOLOGY_SPREAD)
 _ON_NODE_DELETED = (INTER_POD_AFFINITY, POD_TOPOLOGY_SPREAD)
 _ON_NAMESPACE = (INTER_POD_AFFINITY,)
 _ON_STORAGE = (VOLUME_BINDING,)
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _meaningful_change(old: Obj | None, new: Obj) -> bool:
@@ -310,7 +306,7 @@ class Scheduler:
                 return
             since = old.get("lastTransitionTime") if old and old.get("status") == "False" else None
             condition = {"type": "PodScheduled", "status": "False", "reason": reason, "message": message,
-                         "lastProbeTime": None, "lastTransitionTime": since or _now()}
+                         "lastProbeTime": None, "lastTransitionTime": since or format_time()}
             try:
                 await self.client.patch(PODS, pod.name, {"status": {"conditions": [condition]}}, pod.namespace,
                                         patch_type="strategic", subresource="status")
