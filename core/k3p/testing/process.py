@@ -86,9 +86,11 @@ class K3pServer:
         agent: bool = False,
         host: str = "127.0.0.1",
         prefix: Sequence[str] = (),
+        python: str | None = None,
     ) -> None:
         """``host`` is where the server is reached; ``prefix`` runs it through another command
-        (``nsenter --net=...`` for a server in a network namespace: see ``k3p.testing.netns``)."""
+        (``nsenter --net=...`` for a server in a network namespace: see ``k3p.testing.netns``);
+        ``python`` is the interpreter that runs ``-m k3p`` (default: this one), e.g. a venv's."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.workdir / "data"
@@ -111,6 +113,7 @@ class K3pServer:
         self.env = env
         self.host = host
         self.prefix = list(prefix)
+        self.python = python or sys.executable
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "k3p.log"
         #: taken at the first start: a restarted server's own leftovers are still its own
@@ -126,7 +129,7 @@ class K3pServer:
 
     def command(self) -> list[str]:
         return [
-            *self.prefix, sys.executable, "-m", "k3p", "server",
+            *self.prefix, self.python, "-m", "k3p", "server",
             "--config", str(self.config_file),
             "--data-dir", str(self.data_dir),
             "--https-listen-port", str(self.port),
