@@ -26,7 +26,8 @@ def rows(result: subprocess.CompletedProcess[str]) -> dict[str, dict]:
 def test_plugins_list_shows_bundled_plugins() -> None:
     listed = rows(k3p("plugins", "list", "-o", "json"))
     assert listed["datastore_sql"]["state"] == "enabled"
-    assert listed["datastore_sql"]["distribution"] == "k3p"
+    # every bundled plugin is a distribution of its own, found like a third-party one
+    assert listed["datastore_sql"]["distribution"] == "k3p-datastore-sql"
     assert "hello" not in listed
 
 
