@@ -87,5 +87,5 @@ def test_missing_required_plugin_is_an_error() -> None:
 def test_bundled_plugins_are_discovered_through_entry_points() -> None:
     pm = PluginManager()
     info = pm.infos["datastore_sql"]
-    assert info.distribution == "k3p" and info.enabled
+    assert info.distribution == "k3p-datastore-sql" and info.enabled
     assert "k3p_datastore" in info.hooks
