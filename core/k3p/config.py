@@ -415,14 +415,13 @@ def early_disable_list(
     schema.add("disable", type=list, help="plugins to leave out", commands=("server",))
     add_disable_aliases(schema, installed)
     pre = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
-    flags: dict[str, Any] = {}
     for opt in schema.options(command):
         if opt.type is list:
             pre.add_argument(f"--{opt.name}", dest=opt.dest, action="append")
         else:
             pre.add_argument(f"--{opt.name}", dest=opt.dest, action="store_const", const=True)
     known, _ = pre.parse_known_args(list(argv))
-    flags = dict(vars(known))
+    flags: dict[str, Any] = dict(vars(known))
     # One merge for everything, so `disable+:` and precedence behave as for any other option.
     config = resolve(command, schema, flags, file_layers, environ)
     names: dict[str, str] = {}

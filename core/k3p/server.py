@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import socket
 from dataclasses import dataclass, field
@@ -101,11 +102,13 @@ class ServerState:
         return Client(self.api_url, ca_file=self.pki.server_ca.cert_path, cert_file=cert, key_file=key,
                       user_agent=user_agent)
 
+    @functools.cached_property
+    def _control_plane_cert(self) -> tuple[Path, Path]:
+        return pki_mod.ensure_client_cert(self.pki, "k3p-controller", "system:k3p-controller", ["system:masters"])
+
     def control_plane_client(self, user_agent: str) -> Client:
         """The core's own identity (addon deployer, supervisor endpoints): ``system:masters``."""
-        cert, key = pki_mod.ensure_client_cert(self.pki, "k3p-controller", "system:k3p-controller",
-                                               ["system:masters"])
-        return self.client(cert, key, user_agent)
+        return self.client(*self._control_plane_cert, user_agent)
 
     def component_client(self, component: str, user_agent: str) -> Client:
         cert, key = pki_mod.ensure_client_cert(self.pki, f"component-{component}", component_user(component))

@@ -238,13 +238,9 @@ class Supervisor:
 
     def add(self, components: Sequence[Component]) -> None:
         """Start more components in a running supervisor (an agent enabling a plugin)."""
-        known = {c.name: c for c in self.order}
-        self.order = start_order([*self.order, *components])
+        self.order = start_order([*self.order, *components])  # raises on a name already running
         for comp in components:
-            if comp.name in known:
-                continue
             self._ready[comp.name] = asyncio.Event()
-        for comp in components:
             self._tasks[comp.name] = asyncio.create_task(self._keep(comp), name=comp.name)
 
     async def remove(self, names: Sequence[str]) -> None:
