@@ -440,6 +440,11 @@ async def test_node_ipam_gives_distinct_ranges(server: K3pServer, client: Client
 
         first = await async_wait_for(cidrs, 20, what="pod CIDRs")
         assert len(set(first.values())) == 3
+        # once set, a node's range is fixed: the node's pod network and every route were built from it
+        with pytest.raises(ApiError) as e:
+            await client.patch(NODES, "ipam-a", {"spec": {"podCIDR": "10.99.9.0/24", "podCIDRs": ["10.99.9.0/24"]}})
+        assert e.value.status == 422 and 'may not change podCIDR except from "" to valid' in str(e.value)
+        assert (await client.get(NODES, "ipam-a"))["spec"]["podCIDR"] == first["ipam-a"]
         assert all(c.startswith("10.99.") and c.endswith("/24") for c in first.values())
         await client.create(NODES, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "ipam-d"}})
 

@@ -538,6 +538,16 @@ class ResourceHandlers:
                     raise invalid(rt.group, rt.kind, new["metadata"]["name"], [{
                         "reason": "FieldValueInvalid", "field": "spec.clusterIPs[0]",
                         "message": f'Invalid value: []string{{"{new_ip}"}}: may not change once set'}])
+        if (rt.group, rt.resource) == ("", "nodes"):
+            # The node's pod range may be set once ("" to valid), never changed: the pod
+            # network on the node and the routes on every other node were built from it.
+            old_spec, new_spec = old.get("spec") or {}, new.get("spec") or {}
+            for field in ("podCIDR", "podCIDRs", "providerID"):
+                if old_spec.get(field) and new_spec.get(field) != old_spec[field]:
+                    what = "providerID" if field == "providerID" else "podCIDR"
+                    raise invalid(rt.group, rt.kind, new["metadata"]["name"], [{
+                        "reason": "FieldValueForbidden", "field": f"spec.{field}",
+                        "message": f'Forbidden: node updates may not change {what} except from "" to valid'}])
         if rt.resource == "configmaps" or rt.resource == "secrets":
             if old.get("immutable") and (old.get("data") != new.get("data")
                                          or old.get("binaryData") != new.get("binaryData")):

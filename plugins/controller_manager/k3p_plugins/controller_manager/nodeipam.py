@@ -130,6 +130,10 @@ class NodeIpamController(BaseController):
         node = self.nodes.get(key)
         if node is None or (node.get("spec") or {}).get("podCIDRs") or (node.get("spec") or {}).get("podCIDR"):
             return
+        if key in self.assigned:
+            # The cache has not caught up with our own patch yet (a status update queued the
+            # node again in between): a second range would be refused, and must not be handed out.
+            return
         allocated: list[str] = []
         try:
             for s in self.sets:
