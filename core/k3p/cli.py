@@ -13,6 +13,8 @@ import structlog
 import k3p
 from k3p import config as cfg
 from k3p import log as logsetup
+from k3p.checks import HostCheckFailed
+from k3p.datadir_lock import DataDirBusy
 from k3p.plugins import PluginError, PluginManager, installed_plugins
 
 USAGE = """\
@@ -220,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(rest)
     except (cfg.ConfigError, PluginError) as e:
         return fail(str(e))
+    except (DataDirBusy, HostCheckFailed) as e:
+        return fail(str(e), 1)
     except KeyboardInterrupt:
         return 0
     except Exception as e:

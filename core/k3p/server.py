@@ -23,10 +23,11 @@ from k3p.apiserver.health import health_router
 from k3p.apiserver.listener import serve_https
 from k3p.apiserver.node_proxy import KubeletProxy
 from k3p.apiserver.supervisor_api import NodeIdentities, component_user, supervisor_router
-from k3p.checks import CheckReport, core_checks
+from k3p.checks import CheckReport, HostCheckFailed, core_checks
 from k3p.client import Client
-from k3p.config import Config, ConfigError
+from k3p.config import Config, ConfigError, default_data_dir
 from k3p.context import PluginContext
+from k3p.datadir_lock import hold_data_dir
 from k3p.plugins import PluginManager
 from k3p.protocols.datastore import Datastore
 from k3p.supervisor import Component, Ready, Supervisor, TaskComponent
@@ -122,6 +123,17 @@ class ServerState:
                              component_client=self.component_client, **fields)
 
 
+def kubeconfig_path(config: Config) -> Path:
+    """Where the admin kubeconfig goes: ``--write-kubeconfig`` when given; else the default path
+    for the default data dir and ``<data-dir>/kubeconfig-k3p.yaml`` for any other, so a second
+    server beside the main one never overwrites the main one's kubeconfig."""
+    if config.source("write_kubeconfig") != "default":
+        return Path(config.get("write_kubeconfig"))
+    if config.data_path.resolve() != Path(default_data_dir()).resolve():
+        return config.data_path / "kubeconfig-k3p.yaml"
+    return Path(config.get("write_kubeconfig"))
+
+
 def local_api_url(config: Config) -> str:
     """Where this process reaches its own API server: the bind address unless it is a wildcard."""
     bind = config.get("bind_address") or "0.0.0.0"
@@ -137,7 +149,7 @@ def prepare(config: Config, plugins: PluginManager, node_ips: list[str]) -> Serv
     report = preflight(config, plugins)
     if report.failed:
         first = report.failed[0]
-        raise ConfigError(f"preflight check {first.name} failed: {first.detail}")
+        raise HostCheckFailed(f"preflight check {first.name} failed: {first.detail}")
     data_dir = config.data_path
     (data_dir / "server").mkdir(parents=True, exist_ok=True)
     pki = pki_mod.ensure_server_pki(
@@ -151,7 +163,7 @@ def prepare(config: Config, plugins: PluginManager, node_ips: list[str]) -> Serv
     except ValueError as e:
         raise ConfigError(f"invalid --token: {e}") from None
     url = local_api_url(config)
-    kubeconfig = Path(config.get("write_kubeconfig"))
+    kubeconfig = kubeconfig_path(config)
     pki_mod.write_admin_kubeconfig(pki, kubeconfig, url, mode)
     # K3s keeps a copy in the data dir too, for tools that run beside the server.
     pki_mod.write_admin_kubeconfig(pki, data_dir / "server" / "cred" / "admin.kubeconfig", url)
@@ -296,6 +308,8 @@ async def run_server(config: Config, plugins: PluginManager) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     release_stop_signals()  # a SIGTERM held since start-up arrives now and stops us cleanly
+    _kubeconfig_mode(config)  # a bad mode is a config error: nothing in the data dir changes
+    lock = hold_data_dir(config.data_path, "server")  # noqa: F841 - held until the process exits
     node_ips = node_addresses(config)
     ctx = prepare(config, plugins, node_ips)
     if stop.is_set():

@@ -16,6 +16,7 @@ from k3p.agent.join import NodeCredentials, component_credentials, join, node_pa
 from k3p.client import Client
 from k3p.config import Config, ConfigError
 from k3p.context import PluginContext
+from k3p.datadir_lock import hold_data_dir
 from k3p.plugins import PluginManager
 from k3p.protocols.runtime import Runtime
 from k3p.supervisor import Component, Supervisor, TaskComponent
@@ -105,6 +106,7 @@ async def run_agent(config: Config, plugins: PluginManager) -> int:
     if not server:
         raise ConfigError("k3p agent needs --server URL (or K3P_URL)")
     token = read_token(config)
+    lock = hold_data_dir(config.data_path, "agent")  # noqa: F841 - held until the process exits
     data_dir = config.data_path / "agent"
     names = node_names(config)
     components: list[Component] = []

@@ -22,6 +22,7 @@ from k3p_plugins.traefik.manifests import manifests
 from k3p_plugins.traefik.routes import Backend, RoutingTable, TlsCertificate, build_routing_table
 
 if TYPE_CHECKING:
+    from k3p.checks import CheckReport
     from k3p.config import Config, OptionSchema
     from k3p.context import PluginContext
     from k3p.supervisor import Component
@@ -61,6 +62,18 @@ def k3p_add_options(schema: OptionSchema) -> None:
                help="Port the ingress proxy serves HTTPS on, on every node (0 turns HTTPS off)")
     schema.add("traefik-bind-address", default="0.0.0.0", commands=both, metavar="ADDRESS",
                help="Address the ingress proxy listens on")
+
+
+@hookimpl
+def k3p_check_config(config: Config, report: CheckReport, runs_node: bool) -> None:
+    """The proxy's HTTP and HTTPS ports, on nodes that run it."""
+    if not runs_node:
+        return
+    from k3p.checks import check_port
+
+    host = config.get("traefik_bind_address") or "0.0.0.0"
+    check_port(report, config.get("traefik_http_port"), "--traefik-http-port", "ingress HTTP", host=host)
+    check_port(report, config.get("traefik_https_port"), "--traefik-https-port", "ingress HTTPS", host=host)
 
 
 @hookimpl

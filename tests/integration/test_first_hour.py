@@ -1,0 +1,93 @@
+"""What a newcomer meets in the first hour: two servers on one machine, config surprises, start-up
+logs, exit codes, and the README's instructions run as written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from k3p import config as cfg
+from k3p.datadir_lock import LOCK_FILE
+from k3p.ports import free_port
+from k3p.testing import K3pServer
+
+
+def k3p(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("K3P_")}
+    return subprocess.run([sys.executable, "-m", "k3p", *args], capture_output=True, text=True,
+                          env={**clean, **(env or {})}, timeout=timeout)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[K3pServer]:
+    s = K3pServer(tmp_path_factory.mktemp("first-hour"))
+    # a lock file a killed server left behind (its PID long gone) must not block the start
+    s.data_dir.mkdir(parents=True)
+    (s.data_dir / LOCK_FILE).write_text("999999999\n")
+    s.start()
+    yield s
+    s.stop()
+
+
+# --- 1. two servers on one machine ------------------------------------------------------------
+
+
+def test_second_server_on_a_held_data_dir_is_refused_with_the_pid(server: K3pServer, tmp_path: Path) -> None:
+    assert server.proc is not None
+    kubeconfig_before = server.kubeconfig.read_bytes(), server.kubeconfig.stat().st_mtime_ns
+    assert (server.data_dir / LOCK_FILE).read_text().strip() == str(server.proc.pid)
+    started = time.monotonic()
+    result = k3p("server", "--config", str(server.config_file), "--data-dir", str(server.data_dir),
+                 "--https-listen-port", str(free_port()), "--bind-address", "127.0.0.1", "--disable-agent",
+                 "--write-kubeconfig", str(server.kubeconfig))
+    assert time.monotonic() - started < 15
+    assert result.returncode == 1, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and f"PID {server.proc.pid}" in lines[0], result.stderr
+    assert (server.kubeconfig.read_bytes(), server.kubeconfig.stat().st_mtime_ns) == kubeconfig_before
+    assert server.get("/readyz")[0] == 200
+
+
+def test_taken_api_port_is_one_line_naming_port_and_flag(server: K3pServer, tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("")
+    result = k3p("server", "--config", str(tmp_path / "config.yaml"), "--data-dir", str(tmp_path / "data"),
+                 "--https-listen-port", str(server.port), "--bind-address", "127.0.0.1", "--disable-agent",
+                 "--write-kubeconfig", str(tmp_path / "kubeconfig.yaml"))
+    assert result.returncode == 1, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert f"port {server.port}" in lines[0] and "--https-listen-port" in lines[0], lines[0]
+    assert not (tmp_path / "kubeconfig.yaml").exists()
+
+
+def test_check_config_reports_a_taken_port(server: K3pServer, tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("")
+    result = k3p("check-config", "--config", str(tmp_path / "config.yaml"), "--data-dir", str(tmp_path / "data"),
+                 "--https-listen-port", str(server.port), "--bind-address", "127.0.0.1", "--disable-agent")
+    assert result.returncode == 1, result.stdout + result.stderr
+    failing = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert failing and f"port {server.port}/tcp" in failing[0] and "--https-listen-port" in failing[0], result.stdout
+
+
+def test_default_kubeconfig_belongs_to_the_default_data_dir(tmp_path: Path) -> None:
+    from k3p.server import kubeconfig_path
+
+    schema = cfg.OptionSchema()
+    cfg.add_core_options(schema)
+    other = cfg.resolve("server", schema, {"data_dir": str(tmp_path / "data")}, [], {})
+    assert kubeconfig_path(other) == tmp_path / "data" / "kubeconfig-k3p.yaml"
+    explicit = cfg.resolve("server", schema, {"data_dir": str(tmp_path / "data"),
+                                              "write_kubeconfig": str(tmp_path / "k.yaml")}, [], {})
+    assert kubeconfig_path(explicit) == tmp_path / "k.yaml"
+    default = cfg.resolve("server", schema, {"data_dir": cfg.default_data_dir()}, [], {})
+    assert kubeconfig_path(default) == Path("/etc/rancher/k3p/k3p.yaml")
