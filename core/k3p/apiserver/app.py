@@ -24,6 +24,7 @@ from k3p.apiserver import bodies, bootstrap_policy, crd, discovery, protobuf, st
 from k3p.apiserver.allocators import ServiceAllocator
 from k3p.apiserver.auth import ANONYMOUS, Authenticator
 from k3p.apiserver.errors import APIError, bad_request, invalid, method_not_allowed
+from k3p.apiserver.eviction import Evictor
 from k3p.apiserver.handlers import ResourceHandlers
 from k3p.apiserver.node_proxy import KubeletProxy, pod_container
 from k3p.apiserver.openapi import OpenAPIV3
@@ -122,6 +123,7 @@ class APIServer:
             datastore, self.cache, admission=[self.allocator, self._admit_crd, *(admission or [])],
             validate=self._validate, to_table=self._table,
         )
+        self.evictor = Evictor(self.handlers, self.registry)
         self._crd_versions: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         #: why recent WebSocket streams failed, told to the SPDY retry kubectl makes right after
@@ -487,6 +489,8 @@ class APIServer:
                            "ServiceUnavailable")
         if sub == "token":
             return await self._token_request(request, rt, attrs, raw)
+        if sub == "eviction":
+            return await self.evictor.handle(request, attrs, raw)
         if sub == "binding" or (rt.resource == "bindings" and verb == "create"):
             return await self._bind(request, rt, attrs, query, raw)
         if verb == "get":

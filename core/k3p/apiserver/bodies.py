@@ -96,6 +96,10 @@ def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = 
 
 
 def status_response(error: APIError, headers: dict[str, str] | None = None) -> Response:
+    retry_after = (error.details or {}).get("retryAfterSeconds")
+    if retry_after and (error.code == 429 or error.code >= 500):
+        # as kube-apiserver: clients (client-go) wait this long and retry on their own
+        headers = {**(headers or {}), "Retry-After": str(retry_after)}
     return json_response(error.status(), error.code, headers)
 
 
