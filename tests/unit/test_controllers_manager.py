@@ -45,7 +45,7 @@ def test_controller_names_and_selection() -> None:
     assert {"deployment", "replicaset", "replicationcontroller", "daemonset", "statefulset", "job", "cronjob",
             "ttl-after-finished", "garbagecollector", "serviceaccount", "root-ca-cert-publisher", "endpoint",
             "endpointslice", "kubernetes-endpoints", "nodeipam", "nodelifecycle", "taint-eviction",
-            "podgc", "persistentvolume-binder", "pvc-protection"} == set(CONTROLLERS)
+            "podgc", "persistentvolume-binder", "pvc-protection", "disruption"} == set(CONTROLLERS)
     manager = ControllerManager(None, disabled={"podgc", "cronjob"})  # type: ignore[arg-type]
     assert "podgc" not in manager.controllers and "deployment" in manager.controllers
     with pytest.raises(ValueError, match="unknown controllers: nope"):

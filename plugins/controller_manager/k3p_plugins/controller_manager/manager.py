@@ -18,6 +18,7 @@ from k3p_plugins.controller_manager.base import BaseController, ControllerOption
 from k3p_plugins.controller_manager.cronjob import CronJobController
 from k3p_plugins.controller_manager.daemonset import DaemonSetController
 from k3p_plugins.controller_manager.deployment import DeploymentController
+from k3p_plugins.controller_manager.disruption import DisruptionController
 from k3p_plugins.controller_manager.endpoints import (
     ApiServerEndpointsController,
     EndpointsController,
@@ -47,7 +48,7 @@ CONTROLLERS: dict[str, type[BaseController]] = {
         StatefulSetController, JobController, CronJobController, TTLAfterFinishedController, GarbageCollector,
         ServiceAccountController, RootCACertPublisher, EndpointsController, EndpointSliceController,
         ApiServerEndpointsController, NodeIpamController, NodeLifecycleController, TaintEvictionController,
-        PodGCController, PersistentVolumeController, PVCProtectionController,
+        PodGCController, PersistentVolumeController, PVCProtectionController, DisruptionController,
     )
 }
 
