@@ -10,6 +10,7 @@ plugins add theirs through the ``k3p_add_options`` hook.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -118,7 +119,8 @@ def add_core_options(schema: OptionSchema) -> None:
     add("data-dir", default=default_data_dir(), metavar="DIR",
         help="Folder to hold state (default /var/lib/rancher/k3p as root, ~/.rancher/k3p otherwise)")
     add("disable", type=list, commands=server, metavar="NAME",
-        help="Do not load the named plugin (repeatable, comma-separated); its objects are removed")
+        help="Do not load the named plugin (repeatable, comma-separated); its objects are removed. On the "
+             "command line it replaces the config file's disable list, as in K3s (disable+: in a drop-in adds)")
     add("bind-address", default="0.0.0.0", commands=server, metavar="IP",
         help="Address the API server listens on")
     add("https-listen-port", type=int, default=6443, commands=server, metavar="PORT",
@@ -231,13 +233,37 @@ class Config:
 # --- reading the sources ---------------------------------------------------------------------
 
 
+class _YamlOctal(int):
+    """An integer YAML 1.1 read from a leading-zero literal such as ``0644``, with that text kept:
+    a string option (a file mode) given without quotes means the digits, not the number 420."""
+
+    text: str
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    value = loader.construct_yaml_int(node)
+    text = str(node.value).replace("_", "")
+    if len(text) > 1 and text.startswith("0") and text.isdigit():
+        octal = _YamlOctal(value)
+        octal.text = text
+        return octal
+    return value
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
 def _load_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader, see _construct_int
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -296,7 +322,7 @@ def _convert(opt: Option, raw: Any, where: str) -> Any:
         return out
     if isinstance(raw, (dict, list)) or raw is None:
         raise ConfigError(f"{what}: expected a single value, got {raw!r}")
-    value = str(raw)
+    value = raw.text if isinstance(raw, _YamlOctal) else str(raw)
     if opt.choices and value not in opt.choices:
         raise ConfigError(f"{what}: {value!r} is not one of {', '.join(opt.choices)}")
     return value
@@ -356,7 +382,10 @@ def resolve(
             if opt is None:
                 everywhere = schema.get(name)
                 if everywhere is None:
-                    warnings.append(f"unknown config key '{name}' in {where}")
+                    known = [o.name for o in schema.options()]
+                    close = difflib.get_close_matches(name, known, n=1)
+                    hint = f" (did you mean '{close[0]}'?)" if close else ""
+                    warnings.append(f"unknown config key '{name}' in {where}{hint}")
                 continue  # a key of another command (agent-only in a server run): fine
             value = _convert(opt, raw, where)
             if append:

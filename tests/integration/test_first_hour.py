@@ -91,3 +91,39 @@ def test_default_kubeconfig_belongs_to_the_default_data_dir(tmp_path: Path) -> N
     assert kubeconfig_path(explicit) == tmp_path / "k.yaml"
     default = cfg.resolve("server", schema, {"data_dir": cfg.default_data_dir()}, [], {})
     assert kubeconfig_path(default) == Path("/etc/rancher/k3p/k3p.yaml")
+
+
+# --- 2. config surprises ----------------------------------------------------------------------
+
+
+def resolved(tmp_path: Path, text: str, flags: dict | None = None) -> cfg.Config:
+    (tmp_path / "config.yaml").write_text(text)
+    schema = cfg.OptionSchema()
+    cfg.add_core_options(schema)
+    return cfg.resolve("server", schema, flags or {}, cfg.read_file_layers([tmp_path / "config.yaml"]), {})
+
+
+@pytest.mark.parametrize("written", ["0644", "644", '"0644"', "'644'"])
+def test_unquoted_kubeconfig_mode_is_octal(tmp_path: Path, written: str) -> None:
+    from k3p.server import _kubeconfig_mode
+
+    # YAML 1.1 reads an unquoted 0644 as the integer 420
+    assert _kubeconfig_mode(resolved(tmp_path, f"write-kubeconfig-mode: {written}\n")) == 0o644
+
+
+def test_unknown_config_key_names_the_closest_known_key(tmp_path: Path) -> None:
+    config = resolved(tmp_path, "write-kubeconfig-mod: '0644'\ntls-sans: [x]\n")
+    assert [w.split(" (", 1)[1] for w in config.warnings] == ["did you mean 'write-kubeconfig-mode'?)",
+                                                                "did you mean 'tls-san'?)"]
+    assert len(resolved(tmp_path, "zzzz: 1\n").warnings[0].splitlines()) == 1
+
+
+def test_disable_flag_replaces_the_file_list_as_k3s_and_says_so(tmp_path: Path) -> None:
+    # K3s: "For repeatable arguments such as --node-label, the CLI arguments will overwrite all values in the list."
+    names, _ = cfg.early_disable_list("server", ["--disable", "traefik"],
+                                      cfg.read_file_layers([]) + [("f.yaml", {"disable": ["coredns"]})], {})
+    assert names == ["traefik"]
+    out = k3p("server", "--help").stdout
+    assert "replaces the config file's disable list" in " ".join(out.split())
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "replaces the `disable:` list" in readme
