@@ -581,6 +581,8 @@ class APIServer:
             target = target.setdefault(part, {})
         target[parts[-1]] = replicas
         new = strategy.prepare_update(rt, current.obj, patched)
+        if bodies.dry_run(query, request):
+            return bodies.json_response(scale_of(new))
         stored = await h._store_update(rt, current.key, current, new)
         return bodies.json_response(scale_of(stored))
 
@@ -589,6 +591,7 @@ class APIServer:
         body = bodies.decode(raw, bodies.media_type(request))
         if not isinstance(body, dict):
             raise bad_request("the body of a binding must be a Binding object")
+        dry = bodies.dry_run(query, request)
         pods = self.registry.get("", "v1", "pods")
         name = attrs.name if attrs.subresource == "binding" else (body.get("metadata") or {}).get("name", "")
         target = (body.get("target") or {}).get("name")
@@ -608,6 +611,8 @@ class APIServer:
             conditions.append({"type": "PodScheduled", "status": "True", "lastProbeTime": None,
                                "lastTransitionTime": format_time()})
             new["status"]["conditions"] = conditions
+            if dry:
+                return bodies.json_response(bodies.success_status(), 201)
             try:
                 await self.handlers._store_update(pods, current.key, current, new)
             except Exception:

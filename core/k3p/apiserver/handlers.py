@@ -54,13 +54,20 @@ class Listing:
     def matches(self, rt: ResourceType, obj: Obj) -> bool:
         if self.label is not None and not self.label.matches(obj.get("metadata", {}).get("labels") or {}):
             return False
-        return self.field is None or self.field.matches(obj, rt.resource, rt.group)
+        return self.field is None or self.field.matches(obj, rt.resource, rt.group, custom=rt.custom,
+                                                        namespaced=rt.namespaced,
+                                                        selectable_fields=rt.selectable_fields)
 
 
-def parse_listing(query: dict[str, str]) -> Listing:
+def parse_listing(query: dict[str, str], rt: ResourceType | None = None) -> Listing:
+    """The selectors of a list or watch; 400 for bad syntax or (given ``rt``) a field the type lacks."""
     try:
         label = parse_label_selector(query["labelSelector"]) if query.get("labelSelector") else None
         field = parse_field_selector(query["fieldSelector"]) if query.get("fieldSelector") else None
+        if field is not None and rt is not None:
+            # checked up front, as kube does: an unknown field fails even when nothing would match
+            field.check(rt.group, rt.resource, custom=rt.custom, namespaced=rt.namespaced,
+                        selectable_fields=rt.selectable_fields)
     except SelectorError as e:
         raise bad_request(str(e)) from None
     return Listing(label, field)
@@ -231,7 +238,7 @@ class ResourceHandlers:
 
     async def list(self, request: Request, rt: ResourceType, attrs: RequestAttributes, query: dict[str, str],
                    as_table: bool = False, include_object: str = "Metadata") -> Response:
-        listing = parse_listing(query)
+        listing = parse_listing(query, rt)
         limit = bodies.query_int(query, "limit") or 0
         cont = query.get("continue")
         ns = attrs.namespace or None
@@ -308,7 +315,7 @@ class ResourceHandlers:
 
     async def watch(self, request: Request, rt: ResourceType, attrs: RequestAttributes, query: dict[str, str],
                     as_table: bool = False) -> Response:
-        listing = parse_listing(query)
+        listing = parse_listing(query, rt)
         ns = attrs.namespace or None
         if bodies.query_bool(query, "sendInitialEvents"):
             raise invalid("meta.k8s.io", "ListOptions", "", [{
@@ -747,7 +754,7 @@ class ResourceHandlers:
 
     async def delete_collection(self, request: Request, rt: ResourceType, attrs: RequestAttributes,
                                 query: dict[str, str], body: bytes) -> Response:
-        listing = parse_listing(query)
+        listing = parse_listing(query, rt)
         ns = attrs.namespace or None
         await self._fresh()
         targets = [o.obj["metadata"] for o in self.cache.items(rt.key_prefix(None), rt.key_prefix(ns) if ns else None)
