@@ -11,6 +11,7 @@ import asyncio
 import copy
 import dataclasses
 import gc
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +36,7 @@ from k3p.apiserver.registry import Registry, ResourceType, builtin_registry
 from k3p.apiserver.request_info import RequestAttributes, RequestInfoError, UserInfo, request_attributes
 from k3p.apiserver.validation import validate
 from k3p.apiserver.watchcache import WatchCache, encode
-from k3p.client.objects import format_time, format_unix_time
+from k3p.client.objects import format_time, format_unix_time, set_condition
 from k3p.protocols.datastore import Datastore
 
 log = structlog.get_logger(__name__)
@@ -52,6 +53,14 @@ _VIRTUAL = {
     ("authentication.k8s.io", "tokenreviews"),
     ("authentication.k8s.io", "selfsubjectreviews"),
 }
+#: the namespace deleter's conditions that report no trouble here (type, reason, message)
+_NAMESPACE_OK_CONDITIONS = (
+    ("NamespaceDeletionDiscoveryFailure", "ResourcesDiscovered", "All resources successfully discovered"),
+    ("NamespaceDeletionGroupVersionParsingFailure", "ParsedGroupVersions", "All legacy kube types successfully parsed"),
+    ("NamespaceDeletionContentFailure", "ContentDeleted", "All content successfully deleted, may be waiting on "
+                                                          "finalization"),
+)
+
 
 
 class CacheRBACSource:
@@ -297,18 +306,54 @@ class APIServer:
                 continue
             name = ns["metadata"]["name"]
             remaining = 0
+            #: what is left after this pass, by "resource.group" and by finalizer (the namespace's conditions)
+            left: Counter[str] = Counter()
+            finalizers: Counter[str] = Counter()
             for rt in self._namespaced_storage_types():
                 for obj_item in list(self.cache.items(rt.key_prefix(None), rt.key_prefix(name))):
                     remaining += 1
-                    meta = obj_item.obj["metadata"]
-                    if meta.get("deletionTimestamp"):
-                        continue
-                    try:
-                        await self.handlers.delete_object(rt, name, meta["name"], grace=0)
-                    except APIError:
-                        pass
+                    obj = obj_item.obj
+                    if not obj["metadata"].get("deletionTimestamp"):
+                        try:
+                            obj = await self.handlers.delete_object(rt, name, obj["metadata"]["name"], grace=0)
+                        except APIError:
+                            pass
+                        if not obj["metadata"].get("deletionTimestamp"):
+                            continue  # gone
+                    left[f"{rt.resource}.{rt.group}"] += 1
+                    finalizers.update(obj["metadata"].get("finalizers") or [])
             if remaining == 0 and "kubernetes" in (ns.get("spec", {}).get("finalizers") or []):
                 await self._drop_finalizer(ns_rt, ns, "kubernetes", in_spec=True)
+            elif left:
+                await self._set_namespace_conditions(ns_rt, item, left, finalizers)
+
+    async def _set_namespace_conditions(self, ns_rt: ResourceType, item: Any, left: Counter[str],
+                                        finalizers: Counter[str]) -> None:
+        """What holds a Terminating namespace, in the conditions upstream's namespace deleter sets."""
+        status = copy.deepcopy(item.obj.get("status") or {})
+        wanted = [(t, "False", reason, message) for t, reason, message in _NAMESPACE_OK_CONDITIONS]
+        wanted.append(("NamespaceContentRemaining", "True", "SomeResourcesRemain",
+                       "Some resources are remaining: " + ", ".join(
+                           sorted(f"{r} has {n} resource instances" for r, n in left.items()))))
+        if finalizers:
+            wanted.append(("NamespaceFinalizersRemaining", "True", "SomeFinalizersRemain",
+                           "Some content in the namespace has finalizers remaining: " + ", ".join(
+                               sorted(f"{f} in {n} resource instances" for f, n in finalizers.items()))))
+        else:
+            wanted.append(("NamespaceFinalizersRemaining", "False", "ContentHasNoFinalizers",
+                           "All content-preserving finalizers finished"))
+        changed = False
+        for type_, cond_status, reason, message in wanted:
+            changed = set_condition(status, type_, cond_status, reason, message) or changed
+        if not changed:
+            return
+        new = copy.deepcopy(item.obj)
+        new["status"] = status
+        try:
+            await self.handlers._store_update(ns_rt, item.key, item, new)
+        except Exception as e:
+            log.debug("namespace conditions not written; next pass", namespace=item.obj["metadata"]["name"],
+                      error=str(e))
 
     def _namespaced_storage_types(self) -> list[ResourceType]:
         seen: set[str] = set()
