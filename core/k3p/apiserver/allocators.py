@@ -7,8 +7,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from k3p.apiserver.admission import AdmissionAttributes
 from k3p.apiserver.errors import invalid
-from k3p.apiserver.registry import ResourceType
 
 Obj = dict[str, Any]
 
@@ -45,9 +45,10 @@ class ServiceAllocator:
             ports.update(p["nodePort"] for p in spec.get("ports") or [] if p.get("nodePort"))
         return ips, ports
 
-    def __call__(self, operation: str, rt: ResourceType, obj: Obj, old: Obj | None) -> None:
-        if (rt.group, rt.resource) != ("", "services"):
+    def __call__(self, attrs: AdmissionAttributes) -> None:
+        if attrs.group_resource != ("", "services") or attrs.object is None:
             return
+        obj, old = attrs.object, attrs.old_object
         spec = obj.setdefault("spec", {})
         name = obj.get("metadata", {}).get("name", "")
         used_ips, used_ports = self._used(obj.get("metadata", {}).get("uid") if old else None)

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.websockets import WebSocket
 
 from k3p.apiserver import bodies, bootstrap_policy, crd, discovery, protobuf, strategy, streaming, tables
+from k3p.apiserver.admission import AdmissionAttributes
 from k3p.apiserver.allocators import ServiceAllocator
 from k3p.apiserver.auth import ANONYMOUS, Authenticator
 from k3p.apiserver.errors import APIError, bad_request, invalid, method_not_allowed
@@ -189,7 +190,7 @@ class APIServer:
         obj = copy.deepcopy(obj)
         strategy.prepare_create(rt, obj)
         for hook in self.handlers.admission:
-            hook("CREATE", rt, obj, None)
+            hook(AdmissionAttributes.build("CREATE", rt, obj, None))
         try:
             rv = await self.datastore.create(rt.storage_key(meta.get("namespace"), meta["name"]), encode(obj))
         except Exception as e:
@@ -199,9 +200,10 @@ class APIServer:
         return obj
 
     @staticmethod
-    def _admit_crd(operation: str, rt: ResourceType, obj: Obj, old: Obj | None) -> None:
+    def _admit_crd(attrs: AdmissionAttributes) -> None:
         """CRDs are defaulted (listKind, singular, conversion) and then checked as kube does."""
-        if (rt.group, rt.resource) != ("apiextensions.k8s.io", "customresourcedefinitions"):
+        rt, obj = attrs.resource_type, attrs.object
+        if attrs.group_resource != ("apiextensions.k8s.io", "customresourcedefinitions") or obj is None:
             return
         obj.update(crd.with_defaults(obj))
         causes = crd.validate_crd(obj)
@@ -774,6 +776,7 @@ class APIServer:
                 "message": f"Invalid value: {seconds}: may not specify a duration less than 10 minutes"}])
         if self.authn.sa_tokens is None:
             raise APIError(503, "service account token signing is not configured", "ServiceUnavailable")
+        await self.handlers._admit("CREATE", rt, body, None, attrs, bodies.dry_run({}, request))
         token, expires = self.authn.sa_tokens.issue(
             attrs.namespace, attrs.name, sa.obj["metadata"]["uid"], spec.get("audiences") or None, seconds)
         out = {

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from k3p.apiserver import bodies, strategy
+from k3p.apiserver.admission import Admission, AdmissionAttributes
 from k3p.apiserver.conversion import ConversionError, convert
 from k3p.apiserver.errors import APIError, already_exists, bad_request, conflict, expired, invalid, not_found
 from k3p.apiserver.patch import (
@@ -39,9 +40,6 @@ from k3p.selectors import SelectorError, parse_field_selector, parse_label_selec
 
 log = structlog.get_logger(__name__)
 Obj = dict[str, Any]
-
-#: hooks that see (and may change or refuse) every object before it is stored
-Admission = Callable[[str, ResourceType, Obj, Obj | None], Any]
 
 
 @dataclass
@@ -160,9 +158,11 @@ class ResourceHandlers:
                                         "message": f"namespace {ns} is being terminated",
                                         "field": "metadata.namespace"}]})
 
-    async def _admit(self, operation: str, rt: ResourceType, obj: Obj, old: Obj | None) -> None:
+    async def _admit(self, operation: str, rt: ResourceType, obj: Obj | None, old: Obj | None,
+                     attrs: RequestAttributes | None = None, dry: bool = False) -> None:
+        request = AdmissionAttributes.build(operation, rt, obj, old, attrs, dry)
         for hook in self.admission:
-            result = hook(operation, rt, obj, old)
+            result = hook(request)
             if asyncio.iscoroutine(result):
                 await result
 
@@ -447,7 +447,7 @@ class ResourceHandlers:
         self._namespace_checks(rt, ns, creating=True)
         warnings = self._validate(rt, obj, mode)
         strategy.prepare_create(rt, obj)
-        await self._admit("CREATE", rt, obj, None)
+        await self._admit("CREATE", rt, obj, None, attrs, dry)
         manager = _manager(request, query, "Update")
         obj = update_managed_fields(None, obj, manager, "Update", "", rt.schema_node(), format_time())
         key = rt.storage_key(ns, meta["name"])
@@ -510,7 +510,7 @@ class ResourceHandlers:
             old = current.obj
             new = strategy.prepare_update(rt, old, obj, sub)
             self._immutable_checks(rt, old, new)
-            await self._admit("UPDATE", rt, new, old)
+            await self._admit("UPDATE", rt, new, old, attrs, dry)
             new = update_managed_fields(old, new, manager, "Update", sub, rt.schema_node(), format_time())
             try:
                 return await self._answer_update(rt, key, current, new, dry, warnings)
@@ -631,7 +631,7 @@ class ResourceHandlers:
                                "and try again")
             new = strategy.prepare_update(rt, old, patched, sub)
             self._immutable_checks(rt, old, new)
-            await self._admit("UPDATE", rt, new, old)
+            await self._admit("UPDATE", rt, new, old, attrs, dry)
             if kind != "apply":
                 new = update_managed_fields(old, new, manager, "Update", sub, schema, format_time())
             try:
@@ -649,7 +649,7 @@ class ResourceHandlers:
         warnings = self._validate(rt, obj, mode)
         obj = server_side_apply(None, obj, manager, rt.schema_node(), True, format_time())
         strategy.prepare_create(rt, obj)
-        await self._admit("CREATE", rt, obj, None)
+        await self._admit("CREATE", rt, obj, None, attrs, dry)
         key = rt.storage_key(ns, attrs.name)
         if dry:
             return bodies.json_response(self._output(rt, obj), 201, self._warning_headers(warnings))
@@ -679,6 +679,9 @@ class ResourceHandlers:
             policy = policy or "Orphan"
         preconditions = options.get("preconditions") or {}
         dry = bodies.dry_run(query, request) or options.get("dryRun") == ["All"]
+        if self.admission:
+            current = await self._current(rt, attrs.namespace or None, attrs.name)
+            await self._admit("DELETE", rt, None, current.obj, attrs, dry)
         result = await self.delete_object(rt, attrs.namespace or None, attrs.name, grace, policy, preconditions, dry)
         return bodies.json_response(result)
 
