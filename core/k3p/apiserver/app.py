@@ -28,6 +28,7 @@ from k3p.apiserver.auth import ANONYMOUS, Authenticator
 from k3p.apiserver.errors import APIError, bad_request, invalid, method_not_allowed
 from k3p.apiserver.eviction import Evictor
 from k3p.apiserver.handlers import ResourceHandlers
+from k3p.apiserver.impersonation import impersonate
 from k3p.apiserver.node_proxy import KubeletProxy, pod_container
 from k3p.apiserver.openapi import OpenAPIV3
 from k3p.apiserver.openapi_v2 import MEDIA_TYPE as OPENAPI_V2_PROTOBUF
@@ -468,6 +469,7 @@ class APIServer:
             path = path.rstrip("/")
         if user is None and path not in ANONYMOUS_PATHS:
             raise APIError(401, "Unauthorized", "Unauthorized")
+        user = impersonate(request.headers.items(), user or ANONYMOUS, self.authz.authorize)
         query = dict(request.query_params)
         try:
             attrs = request_attributes(request.method, path, query, user or ANONYMOUS)
@@ -704,6 +706,10 @@ class APIServer:
             user = None
         if user is None:
             raise _Refused(bodies.status_response(APIError(401, "Unauthorized", "Unauthorized")))
+        try:
+            user = impersonate(websocket.headers.items(), user, self.authz.authorize)
+        except APIError as e:
+            raise _Refused(bodies.status_response(e)) from None
         path = websocket.url.path.rstrip("/")
         query = websocket.query_params.multi_items()
         try:
@@ -804,7 +810,8 @@ class APIServer:
             out["status"] = self.authz.rules_review_status(user, spec.get("namespace", ""))
         elif rt.resource == "selfsubjectreviews":
             out["status"] = {"userInfo": {"username": user.name, "groups": list(user.groups),
-                                          **({"uid": user.uid} if user.uid else {})}}
+                                          **({"uid": user.uid} if user.uid else {}),
+                                          **({"extra": user.extra} if user.extra else {})}}
         elif rt.resource == "tokenreviews":
             token = spec.get("token", "")
             found = self.authn.sa_tokens.check(token) if self.authn.sa_tokens else None
