@@ -158,6 +158,13 @@ def add_core_options(schema: OptionSchema) -> None:
         help="Cluster domain")
     add("datastore-endpoint", default="", env="K3P_DATASTORE_ENDPOINT", commands=server, metavar="URL",
         help="Datastore to use: sqlite://PATH (default: sqlite in the data dir), or what a plugin serves")
+    add("service-account-issuer", type=list, default=["https://kubernetes.default.svc.cluster.local"],
+        commands=server, metavar="URL",
+        help="Issuer (iss) of service-account tokens (repeatable): the first signs new tokens, every one is "
+             "accepted")
+    add("api-audiences", type=list, commands=server, metavar="AUDIENCE",
+        help="Audiences a token must be for to be accepted by the API server (repeatable, comma-separated; "
+             "default: the service-account issuers)")
     add("watch-cache-size", type=int, default=1000, commands=server, metavar="N",
         help="Recent changes kept per resource type for watch replay; older resourceVersions get 410 Expired")
     add("kubelet-port", type=int, default=10250, metavar="PORT",

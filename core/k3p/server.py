@@ -18,10 +18,11 @@ from k3p import pki as pki_mod
 from k3p.__main__ import release_stop_signals
 from k3p.addons import ManifestError, addon_component, object_ref
 from k3p.apiserver.app import APIServer
-from k3p.apiserver.auth import Authenticator, CertHttpToolsProtocol, ServiceAccountTokens
+from k3p.apiserver.auth import Authenticator, CertHttpToolsProtocol
 from k3p.apiserver.health import health_router
 from k3p.apiserver.listener import serve_https
 from k3p.apiserver.node_proxy import KubeletProxy
+from k3p.apiserver.service_account_tokens import ServiceAccountTokens
 from k3p.apiserver.supervisor_api import NodeIdentities, component_user, supervisor_router
 from k3p.checks import CheckReport, HostCheckFailed, core_checks
 from k3p.client import Client
@@ -192,7 +193,9 @@ def apiserver_component(ctx: ServerState, store: Datastore) -> Component:
         return ctx.supervisor.status() if ctx.supervisor else {}
 
     async def run(ready: Ready) -> None:
-        authn = Authenticator(ServiceAccountTokens(pki.service_account_key))
+        authn = Authenticator(ServiceAccountTokens(pki.service_account_key,
+                                                   ctx.config.get("service_account_issuer"),
+                                                   ctx.config.get("api_audiences")))
         kubelet_cert, kubelet_key = pki_mod.ensure_client_cert(pki, "kube-apiserver", "system:kube-apiserver",
                                                                ["system:masters"])
         kubelets = KubeletProxy(pki.server_ca.cert_path, kubelet_cert, kubelet_key)

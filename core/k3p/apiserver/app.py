@@ -25,7 +25,7 @@ from k3p.apiserver import bodies, bootstrap_policy, crd, discovery, protobuf, st
 from k3p.apiserver.admission import AdmissionAttributes
 from k3p.apiserver.allocators import ServiceAllocator
 from k3p.apiserver.auth import ANONYMOUS, Authenticator
-from k3p.apiserver.errors import APIError, bad_request, invalid, method_not_allowed
+from k3p.apiserver.errors import APIError, bad_request, conflict, invalid, method_not_allowed, not_found
 from k3p.apiserver.eviction import Evictor
 from k3p.apiserver.handlers import ResourceHandlers
 from k3p.apiserver.impersonation import impersonate
@@ -137,6 +137,8 @@ class APIServer:
         self.evictor = Evictor(self.handlers, self.registry)
         self._crd_versions: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        if authenticator.sa_tokens is not None:
+            authenticator.sa_tokens.use_lookup(self._cached_object)
         #: why recent WebSocket streams failed, told to the SPDY retry kubectl makes right after
         self._stream_failures = streaming.RecentFailures()
 
@@ -463,6 +465,9 @@ class APIServer:
             return bodies.status_response(APIError(500, f"Internal error occurred: {type(e).__name__}: {e}"))
 
     async def _handle(self, request: Request) -> Response:
+        if request.headers.get("authorization"):
+            # a token is checked against the objects it names: see this server's own deletes
+            await self.handlers._fresh()
         user = self._user(request)
         path = request.url.path
         if len(path) > 1:
@@ -701,6 +706,8 @@ class APIServer:
         token, offered = streaming.bearer_token_from_protocols(list(websocket.scope.get("subprotocols") or []))
         authorization = websocket.headers.get("authorization") or (f"Bearer {token}" if token else None)
         try:
+            if authorization:
+                await self.handlers._fresh()
             user = self.authn.authenticate(websocket.scope, authorization)
         except PermissionError:
             user = None
@@ -765,6 +772,14 @@ class APIServer:
             raise earlier
         raise bad_request(streaming.SPDY_UNSUPPORTED.format(sub=attrs.subresource))
 
+    def _cached_object(self, resource: str, namespace: str, name: str) -> Obj | None:
+        """A core/v1 object from the watch cache (what service-account tokens are checked against)."""
+        rt = self.registry.get("", "v1", resource)
+        if rt is None:
+            return None
+        item = self.cache.get(rt.key_prefix(None), rt.storage_key(namespace or None, name))
+        return item.obj if item else None
+
     async def _token_request(self, request: Request, rt: ResourceType, attrs: RequestAttributes,
                              raw: bytes) -> Response:
         """TokenRequest: a signed, expiring token for a service account (``serviceaccounts/token``)."""
@@ -775,26 +790,66 @@ class APIServer:
             raise bad_request("the body must be a TokenRequest")
         sa = await self.handlers._current(rt, attrs.namespace, attrs.name)
         spec = body.get("spec") or {}
+        if not isinstance(spec, dict):
+            raise bad_request("spec must be a TokenRequestSpec")
         seconds = spec.get("expirationSeconds") or 3600
-        if not isinstance(seconds, int) or seconds < 600:
-            raise invalid("authentication.k8s.io", "TokenRequest", attrs.name, [{
+        if not isinstance(seconds, int) or seconds < 600 or seconds > 1 << 32:
+            why = "may not specify a duration less than 10 minutes" if not isinstance(seconds, int) or seconds < 600 \
+                else "may not specify a duration larger than 2^32 seconds"
+            raise invalid("authentication.k8s.io", "TokenRequest", "", [{
                 "reason": "FieldValueInvalid", "field": "spec.expirationSeconds",
-                "message": f"Invalid value: {seconds}: may not specify a duration less than 10 minutes"}])
+                "message": f"Invalid value: {seconds}: {why}"}])
+        audiences = spec.get("audiences") or []
+        if not isinstance(audiences, list) or not all(isinstance(a, str) and a for a in audiences):
+            raise bad_request("spec.audiences must be a list of non-empty strings")
         if self.authn.sa_tokens is None:
             raise APIError(503, "service account token signing is not configured", "ServiceUnavailable")
         await self.handlers._admit("CREATE", rt, body, None, attrs, bodies.dry_run({}, request))
+        audiences = audiences or self.authn.sa_tokens.api_audiences
+        bound = self._bound_objects(attrs, spec.get("boundObjectRef"))
         token, expires = self.authn.sa_tokens.issue(
-            attrs.namespace, attrs.name, sa.obj["metadata"]["uid"], spec.get("audiences") or None, seconds)
+            attrs.namespace, attrs.name, sa.obj["metadata"]["uid"], audiences, seconds, **bound)
         out = {
             "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
             "metadata": {"name": attrs.name, "namespace": attrs.namespace,
                          "creationTimestamp": format_time()},
-            "spec": {"audiences": spec.get("audiences") or ["https://kubernetes.default.svc.cluster.local"],
-                     "expirationSeconds": seconds, "boundObjectRef": spec.get("boundObjectRef")},
+            "spec": {"audiences": audiences, "expirationSeconds": seconds,
+                     "boundObjectRef": spec.get("boundObjectRef")},
             "status": {"token": token,
                        "expirationTimestamp": format_unix_time(expires)},
         }
         return bodies.json_response(out, 201)
+
+    def _bound_objects(self, attrs: RequestAttributes, ref: Any) -> dict[str, dict[str, str]]:
+        """The Pod, Secret or Node a TokenRequest binds its token to, as ``issue`` takes them."""
+        if not ref:
+            return {}
+        if not isinstance(ref, dict):
+            raise bad_request("spec.boundObjectRef must be an object reference")
+        api_version, kind = str(ref.get("apiVersion") or ""), str(ref.get("kind") or "")
+        name = str(ref.get("name") or "")
+        group, _, version = api_version.rpartition("/")
+        resource = {"Pod": "pods", "Secret": "secrets", "Node": "nodes"}.get(kind) if group == "" else None
+        if resource is None:
+            raise bad_request(f"cannot bind token to object of type {group}/{version}, Kind={kind}")
+        obj = self._cached_object(resource, "" if kind == "Node" else attrs.namespace, name)
+        if obj is None:
+            raise not_found("", resource, name)
+        uid = str(obj["metadata"].get("uid") or "")
+        if ref.get("uid") and ref["uid"] != uid:
+            raise conflict("", kind, name, f"the UID in the bound object reference ({ref['uid']}) does not match "
+                                           "the UID in record. The object might have been deleted and then recreated")
+        found = {kind.lower(): {"name": name, "uid": uid}}
+        if kind == "Pod":
+            if (obj.get("spec") or {}).get("serviceAccountName") != attrs.name:
+                raise bad_request(f'cannot bind token for serviceaccount "{attrs.name}" to pod running with '
+                                  "different serviceaccount name.")
+            node_name = (obj.get("spec") or {}).get("nodeName")
+            if node_name:
+                # the pod's node, for information (kube names it even when the Node is gone)
+                node = self._cached_object("nodes", "", node_name)
+                found["node"] = {"name": node_name, "uid": str(node["metadata"].get("uid") or "") if node else ""}
+        return found
 
     def _review(self, rt: ResourceType, attrs: RequestAttributes, body: Any) -> Response:
         if not isinstance(body, dict):
@@ -813,12 +868,11 @@ class APIServer:
                                           **({"uid": user.uid} if user.uid else {}),
                                           **({"extra": user.extra} if user.extra else {})}}
         elif rt.resource == "tokenreviews":
-            token = spec.get("token", "")
-            found = self.authn.sa_tokens.check(token) if self.authn.sa_tokens else None
-            if found is None:
-                found = self.authn.static_tokens.get(token)
-            out["status"] = {"authenticated": True, "user": {"username": found.name, "groups": list(found.groups)}} \
-                if found else {"authenticated": False, "error": "invalid bearer token"}
+            audiences = spec.get("audiences") or None
+            if audiences is not None and (not isinstance(audiences, list)
+                                          or not all(isinstance(a, str) for a in audiences)):
+                raise bad_request("spec.audiences must be a list of strings")
+            out["status"] = self.authn.review(str(spec.get("token") or ""), audiences)
         return bodies.json_response(out, 201)
 
 

@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ssl
-import time
-import uuid
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import ECKey
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from k3p.apiserver.request_info import UserInfo
+from k3p.apiserver.service_account_tokens import ServiceAccountTokens, TokenRejected
 
 ANONYMOUS = UserInfo("system:anonymous", ("system:unauthenticated",))
-ISSUER = "https://kubernetes.default.svc.cluster.local"
-AUDIENCE = "https://kubernetes.default.svc.cluster.local"
+#: what kube answers for a bearer token no authenticator knows
+INVALID_TOKEN = "invalid bearer token"
 
 
 def _user_from_der(der: bytes) -> UserInfo:
@@ -92,53 +87,6 @@ class CertWebSocketProtocol(_PeerCertMixin, WebSocketsSansIOProtocol):
         self._stamp()
 
 
-class ServiceAccountTokens:
-    """Issues and checks service-account JWTs (ES256) signed with the cluster's service key."""
-
-    def __init__(self, key_file: Path) -> None:
-        self.key = ECKey.import_key(key_file.read_bytes())
-        self.kid = hashlib.sha256(self.key.as_pem(private=False)).hexdigest()[:43]
-
-    def issue(self, namespace: str, name: str, uid: str, audiences: list[str] | None = None,
-              expiration_seconds: int = 3600, pod: dict[str, str] | None = None,
-              node: dict[str, str] | None = None) -> tuple[str, int]:
-        now = int(time.time())
-        claims: dict[str, Any] = {
-            "iss": ISSUER,
-            "sub": f"system:serviceaccount:{namespace}:{name}",
-            "aud": audiences or [AUDIENCE],
-            "iat": now,
-            "nbf": now,
-            "exp": now + expiration_seconds,
-            "jti": str(uuid.uuid4()),
-            "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name, "uid": uid}},
-        }
-        if pod:
-            claims["kubernetes.io"]["pod"] = pod
-        if node:
-            claims["kubernetes.io"]["node"] = node
-        token = jwt.encode({"alg": "ES256", "kid": self.kid}, claims, self.key)
-        return token, now + expiration_seconds
-
-    def check(self, token: str) -> UserInfo | None:
-        try:
-            decoded = jwt.decode(token, self.key, algorithms=["ES256"])
-        except (JoseError, ValueError):
-            return None
-        claims = decoded.claims
-        now = time.time()
-        if claims.get("iss") != ISSUER or float(claims.get("exp", 0)) < now or float(claims.get("nbf", 0)) > now + 60:
-            return None
-        info = claims.get("kubernetes.io") or {}
-        ns = info.get("namespace", "")
-        sa = (info.get("serviceaccount") or {}).get("name", "")
-        if not ns or not sa:
-            return None
-        return UserInfo(f"system:serviceaccount:{ns}:{sa}",
-                        ("system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"),
-                        uid=(info.get("serviceaccount") or {}).get("uid", ""))
-
-
 class Authenticator:
     """Turns a request's credentials into a user; None means no credentials were given."""
 
@@ -147,19 +95,49 @@ class Authenticator:
         self.sa_tokens = sa_tokens
         self.static_tokens = static_tokens or {}
 
+    @property
+    def api_audiences(self) -> list[str]:
+        """The audiences a token must be for to be accepted on this API."""
+        return list(self.sa_tokens.api_audiences) if self.sa_tokens else []
+
+    def authenticate_token(self, token: str, audiences: Sequence[str] | None = None) -> tuple[UserInfo, list[str]]:
+        """The user a bearer token speaks for and the audiences (of ``audiences``, default: the
+        API audiences) it was accepted for; raises PermissionError saying why it is refused."""
+        wanted = list(audiences or self.api_audiences)
+        for known, user in self.static_tokens.items():
+            if hmac.compare_digest(known, token):
+                # Static tokens know no audience: good for the API audiences only, as upstream.
+                matched = [a for a in wanted if a in self.api_audiences] if self.api_audiences else wanted
+                if matched or not wanted:
+                    return user, matched
+                raise PermissionError(INVALID_TOKEN)
+        if self.sa_tokens:
+            try:
+                found = self.sa_tokens.authenticate(token, wanted)
+            except TokenRejected as e:
+                raise PermissionError(f"[{INVALID_TOKEN}, {e}]") from None
+            if found:
+                return found.user, found.audiences
+        raise PermissionError(INVALID_TOKEN)
+
     def authenticate(self, scope: dict[str, Any], authorization: str | None) -> UserInfo | None:
         """The caller; raises PermissionError for credentials that are present but wrong."""
         if authorization:
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise PermissionError("invalid authorization header")
-            token = token.strip()
-            for known, user in self.static_tokens.items():
-                if hmac.compare_digest(known, token):
-                    return user
-            if self.sa_tokens:
-                user = self.sa_tokens.check(token)
-                if user:
-                    return user
-            raise PermissionError("invalid bearer token")
+            return self.authenticate_token(token.strip())[0]
         return scope.get("extensions", {}).get("k3p.client_cert_user")
+
+    def review(self, token: str, audiences: Sequence[str] | None = None) -> dict[str, Any]:
+        """The ``status`` of a TokenReview: the same answer the API gives a request with ``token``."""
+        try:
+            user, matched = self.authenticate_token(token, audiences)
+        except PermissionError as e:
+            return {"authenticated": False, "error": str(e)}
+        info: dict[str, Any] = {"username": user.name, "groups": list(user.groups)}
+        if user.uid:
+            info["uid"] = user.uid
+        if user.extra:
+            info["extra"] = {k: list(v) for k, v in user.extra.items()}
+        return {"authenticated": True, "user": info, "audiences": matched}
