@@ -53,3 +53,6 @@ def configure(debug: bool = False, json: bool | None = None) -> None:
     logging.getLogger("uvicorn.access").setLevel(logging.DEBUG if debug else logging.WARNING)
     # httpx logs every request at INFO: the API server's clients make thousands.
     logging.getLogger("httpx").setLevel(logging.DEBUG if debug else logging.WARNING)
+    # uvicorn's "Started server process" and "Uvicorn running on" come once per listener
+    # (API server, kubelet) with the same PID: start-up noise, k3p's own lines say what listens.
+    logging.getLogger("uvicorn.error").setLevel(logging.DEBUG if debug else logging.WARNING)

@@ -325,6 +325,17 @@ async def run_server(config: Config, plugins: PluginManager) -> int:
     ctx.supervisor = supervisor
     log.info("k3p server starting", data_dir=str(ctx.data_dir), port=config.get("https_listen_port"),
              plugins=",".join(plugins.enabled()))
-    await supervisor.run(stop)
+    node = "none (--disable-agent)" if config.get("disable_agent") else ctx.node_name
+    announce = asyncio.create_task(announce_ready(supervisor, kubeconfig=str(kubeconfig_path(config)), node=node))
+    try:
+        await supervisor.run(stop)
+    finally:
+        announce.cancel()
     log.info("k3p server stopped")
     return 0
+
+
+async def announce_ready(supervisor: Supervisor, **about: str) -> None:
+    """One info line once every component is ready: where start-up ends for the reader of the log."""
+    await supervisor.wait_all_ready()
+    log.info("k3p is ready", **about)

@@ -224,6 +224,12 @@ class Supervisor:
     async def wait_ready(self, name: str) -> None:
         await self._ready[name].wait()
 
+    async def wait_all_ready(self) -> None:
+        """Until every component is ready at once (components added meanwhile count too)."""
+        while not self.is_ready():
+            for event in [e for e in self._ready.values() if not e.is_set()]:
+                await event.wait()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run every component until ``stop`` is set (or one that may not restart ends), then stop them."""
         self._stop = stop

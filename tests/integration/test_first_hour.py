@@ -3,6 +3,7 @@ logs, exit codes, and the README's instructions run as written."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from k3p import config as cfg
 from k3p.datadir_lock import LOCK_FILE
 from k3p.ports import free_port
-from k3p.testing import K3pServer
+from k3p.testing import K3pServer, wait_for
 
 
 def k3p(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -121,9 +122,88 @@ def test_unknown_config_key_names_the_closest_known_key(tmp_path: Path) -> None:
 def test_disable_flag_replaces_the_file_list_as_k3s_and_says_so(tmp_path: Path) -> None:
     # K3s: "For repeatable arguments such as --node-label, the CLI arguments will overwrite all values in the list."
     names, _ = cfg.early_disable_list("server", ["--disable", "traefik"],
-                                      cfg.read_file_layers([]) + [("f.yaml", {"disable": ["coredns"]})], {})
+                                      [("f.yaml", {"disable": ["coredns"]})], {})
     assert names == ["traefik"]
     out = k3p("server", "--help").stdout
     assert "replaces the config file's disable list" in " ".join(out.split())
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "replaces the `disable:` list" in readme
+
+
+# --- 3. start-up logs -------------------------------------------------------------------------
+
+
+def log_records(text: str) -> list[dict]:
+    """The server's log as records; a line that is not JSON (a library writing to stderr) is kept raw."""
+    records = []
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            records.append({"level": "raw", "event": line})
+    return records
+
+
+def test_startup_is_quiet_and_ends_with_the_ready_line(server: K3pServer) -> None:
+    wait_for(lambda: any(r.get("event") == "k3p is ready" for r in log_records(server.logs())), 30,
+             what="the ready line")
+    time.sleep(1)  # whatever start-up still had to say
+    records = log_records(server.logs())
+    loud = [r for r in records if r.get("level") not in ("info", "debug")]
+    assert loud == [], loud
+    ready = [i for i, r in enumerate(records) if r.get("event") == "k3p is ready"]
+    assert len(ready) == 1 and ready[0] == len(records) - 1, records[-5:]
+    assert records[ready[0]]["kubeconfig"] == str(server.kubeconfig)
+    assert records[ready[0]]["node"] == "none (--disable-agent)"
+    assert "Uvicorn running on" not in server.logs()  # said at debug: k3p's own lines say what listens
+
+
+def test_informer_retries_at_start_are_debug_then_warnings() -> None:
+    import asyncio
+
+    import httpx
+    import structlog
+
+    from k3p.client import informer as informer_mod
+    from k3p.client.api import ApiError
+    from k3p.client.resources import PODS
+
+    class Unreachable:
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+        async def list(self, *args: object, **kwargs: object) -> dict:
+            raise self.error
+
+    async def levels(error: Exception, grace: float) -> set[str]:
+        informer_mod.STARTUP_GRACE, before = grace, informer_mod.STARTUP_GRACE
+        try:
+            with structlog.testing.capture_logs() as logs:
+                task = asyncio.create_task(informer_mod.Informer(Unreachable(error), PODS).run())
+                await asyncio.sleep(0.5)
+                task.cancel()
+        finally:
+            informer_mod.STARTUP_GRACE = before
+        return {r["log_level"] for r in logs}
+
+    refused = httpx.ConnectError("All connection attempts failed")
+    forbidden = ApiError(403, {"message": "pods is forbidden"})
+    assert asyncio.run(levels(refused, 60)) == {"debug"}
+    assert asyncio.run(levels(forbidden, 60)) == {"debug"}
+    assert asyncio.run(levels(refused, 0)) == {"info"}
+    assert asyncio.run(levels(forbidden, 0)) == {"warning"}
+
+
+def test_debug_brings_the_startup_lines_back() -> None:
+    import logging
+
+    from k3p import log as logsetup
+
+    try:
+        logsetup.configure(debug=False)
+        assert not logging.getLogger("uvicorn.error").isEnabledFor(logging.INFO)
+        logsetup.configure(debug=True)
+        assert logging.getLogger("uvicorn.error").isEnabledFor(logging.INFO)
+    finally:
+        logsetup.configure(debug=False)
+        logging.getLogger().handlers[:] = []

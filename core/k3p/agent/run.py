@@ -137,7 +137,16 @@ async def run_agent(config: Config, plugins: PluginManager) -> int:
     follower = TaskComponent("plugins-follower", lambda ready: node_plugins.follow(first, supervisor, ready))
     supervisor = Supervisor([*components, *node_plugins.start(ctx.cluster.get("disabledPlugins") or ()), follower])
     log.info("k3p agent starting", server=server, nodes=len(names))
-    await supervisor.run(stop)
+
+    async def announce_ready() -> None:
+        await supervisor.wait_all_ready()
+        log.info("k3p is ready", server=server, node=names[0] if len(names) == 1 else f"{len(names)} simulated")
+
+    announce = asyncio.create_task(announce_ready())
+    try:
+        await supervisor.run(stop)
+    finally:
+        announce.cancel()
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -20,6 +21,10 @@ log = structlog.get_logger(__name__)
 
 #: (event type "ADDED"/"MODIFIED"/"DELETED", the object, the previous version or None)
 Listener = Callable[[str, Obj, Obj | None], None]
+
+
+#: seconds after an informer starts during which failing to list is start-up, not trouble
+STARTUP_GRACE = 60.0
 
 
 class Informer:
@@ -100,7 +105,12 @@ class Informer:
     async def run(self) -> None:
         """Keep the store current until cancelled."""
         delay = 0.2
+        started = time.monotonic()
         while True:
+            # At start-up an informer may run before the API server listens, or before the
+            # addons give its user RBAC (403): expected, so at debug until it first lists or
+            # STARTUP_GRACE seconds pass; afterwards the same errors are worth a line.
+            starting = not self._synced.is_set() and time.monotonic() - started < STARTUP_GRACE
             try:
                 await self._relist()
                 delay = 0.2
@@ -109,11 +119,13 @@ class Informer:
                 raise
             except ApiError as e:
                 if e.status != 410:
-                    log.warning("informer error; relisting", resource=self.res.plural, error=str(e))
+                    (log.debug if starting else log.warning)("informer error; relisting", resource=self.res.plural,
+                                                             error=str(e))
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10)
             except Exception as e:  # connection lost, server restarting
-                log.info("informer lost its watch; relisting", resource=self.res.plural, error=str(e))
+                (log.debug if starting else log.info)("informer lost its watch; relisting", resource=self.res.plural,
+                                                      error=str(e) or type(e).__name__)
                 await asyncio.sleep(delay + random.random() * delay)
                 delay = min(delay * 2, 10)
 

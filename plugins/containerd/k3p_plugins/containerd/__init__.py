@@ -10,6 +10,7 @@ socket someone else runs instead.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     from k3p.context import PluginContext
     from k3p.supervisor import Component
     from k3p_plugins.containerd.runtime import ContainerdRuntime
+
+# grpc's fork handlers serve children that go on using grpc without exec; k3p's children all
+# exec, and with the handlers on, every fork while a CRI call is in flight logs "Other threads
+# are currently calling into gRPC, skipping fork() handlers". Read by grpc when it loads.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 # grpc and the CRI stubs load only when a node is started, not for every k3p command
 __all__ = ["DEFAULT_PAUSE_IMAGE", "ContainerdPaths", "settings_from_config"]

@@ -154,9 +154,11 @@ class NodeLifecycleController(BaseController):
                 self.record(node, "Normal", "NodeNotReady", f"Node {key} status is now: NodeNotReady")
         taints = desired_taints(node, now)
         if _taint_keys(taints) != _taint_keys((node.get("spec") or {}).get("taints") or []):
-            ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": meta(node).get("resourceVersion")},
-                   {"op": "add", "path": "/spec/taints", "value": taints}]
-            await self.client.patch(NODES, key, ops, patch_type="json")
+            # resourceVersion as a precondition, as upstream's taint patches carry it: a node the
+            # kubelet just updated is a 409 conflict, retried quietly (a failed JSON-patch test
+            # would be a 422, logged as a failure)
+            patch = {"metadata": {"resourceVersion": meta(node).get("resourceVersion")}, "spec": {"taints": taints}}
+            await self.client.patch(NODES, key, patch, patch_type="merge")
         ready = get_condition(status, "Ready")
         if ready is not None and ready.get("status") != "True":
             await self._mark_pods_not_ready(node)

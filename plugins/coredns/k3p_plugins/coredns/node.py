@@ -63,7 +63,9 @@ async def run_node_dns(client: Client, hosts: Sequence[str], port: int = 53, *, 
             async with asyncio.timeout(sync_timeout):
                 await factory.wait_synced()
         except TimeoutError:
-            log.warning("services not listed yet; serving what arrives later", timeout=sync_timeout)
+            # usual at a first start (the API server or this plugin's RBAC is not there yet); the
+            # informers say so themselves if it lasts
+            log.debug("services not listed yet; serving what arrives later", timeout=sync_timeout)
         watched = upstreams is None
         mtime = _mtime(resolv_conf)
         forwarder = Forwarder(read_resolv_conf(resolv_conf) if watched else upstreams or (),

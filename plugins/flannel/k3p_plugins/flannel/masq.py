@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,10 +66,16 @@ def delete_script() -> str:
 
 async def run_command(argv: Sequence[str], stdin: str | None = None) -> str:
     """Run ``argv`` (optionally feeding ``stdin``); its output, or CommandError with its stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    # stdin from an unlinked temporary file, not a pipe: under uvloop, feeding a pipe to a child
+    # that exits without reading it raises RuntimeError instead of reporting the child's error
+    with tempfile.TemporaryFile() as source:
+        if stdin is not None:
+            source.write(stdin.encode())
+            source.seek(0)
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=source if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await proc.communicate()
     if proc.returncode != 0:
         raise CommandError(f"{' '.join(argv)} failed ({proc.returncode}): {err.decode(errors='replace').strip()}")
     return out.decode(errors="replace")

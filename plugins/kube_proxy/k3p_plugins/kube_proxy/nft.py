@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -54,15 +55,22 @@ def _absent(stderr: str) -> bool:
 
 
 async def _run(nft_command: NftCommand, args: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *nft_command, *args,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )
-    except OSError as e:  # nft (or the namespace wrapper) is not installed
-        raise NftError(f"cannot run {nft_command[0]}: {e}", str(e)) from e
-    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    # The script goes in through an unlinked temporary file, not a pipe: under uvloop, feeding a
+    # pipe races with the child's exit ("unable to perform operation on <WriteUnixTransport
+    # closed=True>") and the sync crashed with it.
+    with tempfile.TemporaryFile() as script:
+        if stdin is not None:
+            script.write(stdin.encode())
+            script.seek(0)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *nft_command, *args,
+                stdin=script if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as e:  # nft (or the namespace wrapper) is not installed
+            raise NftError(f"cannot run {nft_command[0]}: {e}", str(e)) from e
+        out, err = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace").strip()
 
