@@ -10,12 +10,14 @@ certificate. Keys are ECDSA P-256.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
 import os
 import secrets
 import socket
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,17 +37,36 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write a file atomically, created with ``mode`` from the start (keys never world-readable)."""
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> bool:
+    """Write a file atomically, created with ``mode`` from the start (keys never world-readable).
+
+    A file that already holds ``data`` is left as it is (only its mode is set): a restart
+    rewrites nothing, so it needs no free space. Returns whether the file was written.
+    On failure (a full disk) no partial temporary file is left behind.
+    """
+    try:
+        unchanged = path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        unchanged = False
+    if unchanged:
+        if stat.S_IMODE(path.stat().st_mode) != mode:
+            os.chmod(path, mode)
+        return False
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return True
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -301,6 +322,23 @@ def ensure_client_cert(pki: ServerPKI, name: str, common_name: str, organization
     return cert_path, key_path
 
 
+def ensure_serving_cert(pki: ServerPKI, cert_path: Path, key_path: Path, common_name: str,
+                        dns_names: Iterable[str], ips: Iterable[str]) -> None:
+    """A serving certificate from the server CA at ``cert_path``/``key_path``, kept while it
+    still covers the names and addresses and is far from expiry (a restart writes nothing)."""
+    dns_names, ips = list(dns_names), [i for i in ips if _is_ip(i)]
+    if key_path.exists() and _covers(cert_path, set(dns_names), set(ips)) \
+            and _issued_by(cert_path, pki.server_ca):
+        return
+    chain, key = issue_serving_pem(pki, common_name, dns_names, ips)
+    write_private(key_path, key)
+    write_private(cert_path, chain, 0o644)
+
+
+def _issued_by(cert_path: Path, ca: CA) -> bool:
+    return load_cert(cert_path).issuer == ca.cert.subject
+
+
 def issue_serving_pem(pki: ServerPKI, common_name: str, dns_names: Iterable[str], ips: Iterable[str]
                       ) -> tuple[bytes, bytes]:
     """A serving certificate chain and key as PEM from the server CA (a kubelet's port 10250)."""
@@ -385,7 +423,8 @@ def kubeconfig(server_url: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, 
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def write_admin_kubeconfig(pki: ServerPKI, path: Path, server_url: str, mode: int = 0o600) -> None:
+def write_admin_kubeconfig(pki: ServerPKI, path: Path, server_url: str, mode: int = 0o600) -> bool:
+    """Write the admin kubeconfig unless ``path`` holds it already; returns whether it was written."""
     text = kubeconfig(server_url, pki.server_ca.cert_path.read_bytes(), pki.admin_cert.read_bytes(),
                       pki.admin_key.read_bytes())
-    write_private(path, text.encode(), mode)
+    return write_private(path, text.encode(), mode)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import signal
 import socket
@@ -165,11 +166,23 @@ def prepare(config: Config, plugins: PluginManager, node_ips: list[str]) -> Serv
         raise ConfigError(f"invalid --token: {e}") from None
     url = local_api_url(config)
     kubeconfig = kubeconfig_path(config)
-    pki_mod.write_admin_kubeconfig(pki, kubeconfig, url, mode)
     # K3s keeps a copy in the data dir too, for tools that run beside the server.
-    pki_mod.write_admin_kubeconfig(pki, data_dir / "server" / "cred" / "admin.kubeconfig", url)
-    log.info("kubeconfig written", path=str(kubeconfig))
+    for path, path_mode in ((kubeconfig, mode), (data_dir / "server" / "cred" / "admin.kubeconfig", 0o600)):
+        _write_kubeconfig(pki, path, url, path_mode)
     return ServerState(config=config, plugins=plugins, pki=pki, token=token, api_url=url)
+
+
+def _write_kubeconfig(pki: pki_mod.ServerPKI, path: Path, url: str, mode: int) -> None:
+    """Write a kubeconfig if it changed; on a full disk warn and go on (the server can still
+    start and serve, which is how space gets freed through the API)."""
+    try:
+        if pki_mod.write_admin_kubeconfig(pki, path, url, mode):
+            log.info("kubeconfig written", path=str(path))
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        log.warning("cannot write the kubeconfig: no space left on its disk", path=str(path),
+                    kept="the earlier file" if path.exists() else "none")
 
 
 def datastore_component(store: Datastore) -> Component:
@@ -260,10 +273,8 @@ def node_components(ctx: ServerState) -> list[Component]:
     pki, node = ctx.pki, ctx.node_name
     cert, key = pki_mod.ensure_client_cert(pki, f"kubelet-{node}", f"system:node:{node}", ["system:nodes"])
     serving_cert, serving_key = pki.tls_dir / "serving-kubelet.crt", pki.tls_dir / "serving-kubelet.key"
-    chain, serving_pem_key = pki_mod.issue_serving_pem(pki, f"system:node:{node}", [node, "localhost"],
-                                                       ["127.0.0.1", *ctx.host_addresses])
-    pki_mod.write_private(serving_key, serving_pem_key)
-    pki_mod.write_private(serving_cert, chain, 0o644)
+    pki_mod.ensure_serving_cert(pki, serving_cert, serving_key, f"system:node:{node}", [node, "localhost"],
+                                ["127.0.0.1", *ctx.host_addresses])
 
     def node_client(user_agent: str) -> Client:
         return ctx.client(cert, key, user_agent)

@@ -25,7 +25,15 @@ from k3p.apiserver import bodies, bootstrap_policy, crd, discovery, protobuf, st
 from k3p.apiserver.admission import AdmissionAttributes
 from k3p.apiserver.allocators import ServiceAllocator
 from k3p.apiserver.auth import ANONYMOUS, Authenticator
-from k3p.apiserver.errors import APIError, bad_request, conflict, invalid, method_not_allowed, not_found
+from k3p.apiserver.errors import (
+    APIError,
+    bad_request,
+    conflict,
+    insufficient_storage,
+    invalid,
+    method_not_allowed,
+    not_found,
+)
 from k3p.apiserver.eviction import Evictor
 from k3p.apiserver.handlers import ResourceHandlers
 from k3p.apiserver.impersonation import impersonate
@@ -39,7 +47,7 @@ from k3p.apiserver.request_info import RequestAttributes, RequestInfoError, User
 from k3p.apiserver.validation import validate
 from k3p.apiserver.watchcache import WatchCache, encode
 from k3p.client.objects import format_time, format_unix_time, set_condition
-from k3p.protocols.datastore import Datastore
+from k3p.protocols.datastore import Datastore, StorageFull
 
 log = structlog.get_logger(__name__)
 Obj = dict[str, Any]
@@ -460,6 +468,12 @@ class APIServer:
             return await self._handle(request)
         except APIError as e:
             return bodies.status_response(e)
+        except StorageFull as e:
+            # not a server bug: one line, no traceback, and the message says what to free
+            log.warning("write refused: datastore full", path=request.url.path, method=request.method,
+                        error=str(e))
+            return bodies.status_response(insufficient_storage(
+                f"{e}: free space there or delete objects (reads and deletes keep working)"))
         except Exception as e:
             log.exception("request failed", path=request.url.path, method=request.method)
             return bodies.status_response(APIError(500, f"Internal error occurred: {type(e).__name__}: {e}"))

@@ -20,6 +20,7 @@ REASONS = {
     500: "InternalError",
     503: "ServiceUnavailable",
     504: "Timeout",
+    507: "InsufficientStorage",
 }
 
 
@@ -96,3 +97,15 @@ def method_not_allowed(message: str = "the server does not allow this method on 
 
 def expired(message: str) -> APIError:
     return APIError(410, message, "Expired")
+
+
+def insufficient_storage(message: str) -> APIError:
+    """507: the datastore has no room for the write; nothing was stored.
+
+    Kubernetes has no status of its own for this: on etcd's quota ("mvcc: database space
+    exceeded") kube-apiserver answers 500 InternalError. A 500 reads as a server bug and
+    clients retry it; 507 Insufficient Storage (RFC 4918) says what is wrong and that
+    retrying will not help until space is freed. Clients that only know the code classes
+    still see a 5xx server error.
+    """
+    return APIError(507, message, "InsufficientStorage")

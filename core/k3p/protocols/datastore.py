@@ -101,6 +101,22 @@ class ConflictError(DatastoreError):
         self.current = current
 
 
+class StorageFull(DatastoreError):
+    """A write failed for lack of space (disk full, quota exhausted); nothing of it was stored.
+
+    Any backend raises it from create/update/delete (and compact) when its storage has no
+    room. ``where`` names what is full (a file system and the file on it, a database).
+    Reads keep working on a full store, and a backend should keep deletes working too,
+    since they are how space is freed: one that needs room even to delete keeps some in
+    reserve. The API server answers it with 507 Insufficient Storage.
+    """
+
+    def __init__(self, where: str, detail: str = "") -> None:
+        super().__init__(f"no space left for the datastore: {where}" + (f" ({detail})" if detail else ""))
+        self.where = where
+        self.detail = detail
+
+
 class CompactedError(DatastoreError):
     """The requested revision is older than the compaction point; history there is gone."""
 

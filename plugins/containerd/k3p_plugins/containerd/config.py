@@ -99,7 +99,9 @@ def write_config(settings: ContainerdSettings) -> Path:
     text = render_config(settings)
     if p.config_template.exists():
         text = p.config_template.read_text().replace(TEMPLATE_BASE, text)
-    tmp = p.config_file.with_name(p.config_file.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, p.config_file)
+    # unchanged: leave it, so a restart writes nothing (and starts on a full disk)
+    if not p.config_file.exists() or p.config_file.read_text() != text:
+        tmp = p.config_file.with_name(p.config_file.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, p.config_file)
     return p.config_file

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from k3p.protocols.datastore import BackupNotSupported, Event, EventType, KeyValue
+from k3p.protocols.datastore import BackupNotSupported, Event, EventType, KeyValue, StorageFull
 
 SCHEMA_VERSION = 1
 
@@ -236,8 +236,32 @@ class Dialect:
     def after_open(self, conn: Any) -> None:
         """Runs once after the schema exists (e.g. make the new file durable)."""
 
-    def after_compact(self, conn: Any) -> None:
-        """Runs on the writer connection after a compaction (e.g. checkpoint the log)."""
+    def after_compact(self, conn: Any, *, reclaim: bool = False) -> None:
+        """Runs on the writer connection after a compaction (e.g. checkpoint the log).
+
+        ``reclaim``: the disk is full; give every page the compaction freed back to the
+        file system now.
+        """
+
+    def storage_full(self, exc: BaseException) -> StorageFull | None:
+        """``exc`` as a StorageFull if it means the database has no room left, else None."""
+        return exc if isinstance(exc, StorageFull) else None
+
+    def take_reserve(self) -> bool:
+        """Hold the space kept for deletes on a full disk; False if the disk has no room for it.
+
+        A database that needs no room to delete (a server's own) keeps none.
+        """
+        return True
+
+    def has_room(self) -> bool:
+        """After a full disk: whether writes may be tried again (e.g. the reserve is held again
+        and as much is free beside it)."""
+        return True
+
+    def release_reserve(self) -> bool:
+        """Give the reserved space back so deletes can commit on a full disk; True if it freed any."""
+        return False
 
     def insert(self, cur: Any, params: tuple[Any, ...]) -> int:
         """Run :attr:`insert_sql`; return the new row's id (the revision)."""

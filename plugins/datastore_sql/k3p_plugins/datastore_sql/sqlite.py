@@ -4,6 +4,11 @@ WAL journal with ``synchronous=FULL``: a write is acknowledged only after its co
 fsynced, so it survives ``kill -9`` and power loss; throughput comes from the store's
 group commit, not from weaker syncing. Readers use their own connections and never wait
 for the writer (WAL).
+
+A full disk: a reserve file beside the database (``state.db.reserve``) is given up when
+the disk fills, so deletes and compaction can still commit (see ``space``). New files
+use incremental auto-vacuum, so the pages a compaction frees can go back to the file
+system instead of only being reused inside the file.
 """
 
 from __future__ import annotations
@@ -16,15 +21,29 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from k3p.protocols.datastore import DatastoreError
+import structlog
+
+from k3p.protocols.datastore import DatastoreError, StorageFull
 from k3p_plugins.datastore_sql.dialect import Dialect
 from k3p_plugins.datastore_sql.errors import DatastoreCorruptError
+from k3p_plugins.datastore_sql.space import NO_SPACE_ERRNOS, SpaceReserve, mount_point, no_room
 from k3p_plugins.datastore_sql.store import SQLDatastore
+
+log = structlog.get_logger(__name__)
 
 DEFAULT_DATA_DIR = "/var/lib/rancher/k3p"
 _SCHEME = "sqlite://"
 # result codes (low byte of the extended code) that mean the file itself is bad
 _CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+#: room kept for deletes on a full disk: a delete appends a small tombstone row, a
+#: compaction step rewrites a few pages per thousand revisions
+DEFAULT_RESERVE_BYTES = 4 << 20
+#: free space beside the reserve before writes are tried again after a full disk
+_MIN_ROOM_BYTES = 1 << 20
+#: free pages worth giving back to the file system after an ordinary compaction
+_VACUUM_FREE_BYTES = 8 << 20
+#: pages moved per vacuum step, each step checkpointed: the log never needs much room
+_VACUUM_STEP_PAGES = 256
 
 
 def default_path(data_dir: str) -> str:
@@ -52,6 +71,11 @@ def _is_corruption(exc: sqlite3.Error) -> bool:
     return code is not None and (code & 0xFF) in _CORRUPT_CODES
 
 
+def _sqlite_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -76,9 +100,11 @@ class SQLiteDialect(Dialect):
         busy_timeout_ms: int = 5000,
         reader_mmap_bytes: int = 256 << 20,
         reader_cache_kib: int = 8192,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
     ) -> None:
         super().__init__()
         self.path = os.path.abspath(path)
+        self.reserve = SpaceReserve(self.path + ".reserve", reserve_bytes)
         self.busy_timeout_ms = busy_timeout_ms
         self.reader_mmap_bytes = reader_mmap_bytes
         self.reader_cache_kib = reader_cache_kib
@@ -103,6 +129,8 @@ class SQLiteDialect(Dialect):
             try:
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
                 if writer:
+                    # takes effect only in a file without tables yet (a new one)
+                    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
                     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                     if str(mode).lower() != "wal":
                         raise DatastoreError(f"{self.path}: cannot switch to WAL journal (got {mode})")
@@ -119,6 +147,9 @@ class SQLiteDialect(Dialect):
         except sqlite3.Error as exc:
             if _is_corruption(exc):
                 raise DatastoreCorruptError(self.path, str(exc)) from exc
+            full = self.storage_full(exc)
+            if full is not None:
+                raise full from exc
             raise DatastoreError(f"cannot open datastore file {self.path}: {exc}") from exc
         finally:
             if writer:
@@ -141,9 +172,54 @@ class SQLiteDialect(Dialect):
         if rows != ["ok"]:
             raise DatastoreCorruptError(self.path, "quick_check: " + "; ".join(map(str, rows)))
 
-    def after_compact(self, conn: sqlite3.Connection) -> None:
-        # PASSIVE: copies what it can without waiting for readers or blocking writers
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    def after_compact(self, conn: sqlite3.Connection, *, reclaim: bool = False) -> None:
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:  # INCREMENTAL
+            page = conn.execute("PRAGMA page_size").fetchone()[0]
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if reclaim or free * page >= _VACUUM_FREE_BYTES:
+                while free > 0:
+                    conn.execute(f"PRAGMA incremental_vacuum({_VACUUM_STEP_PAGES})").fetchall()
+                    # the file shrinks when the log is checkpointed; TRUNCATE also empties the log
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                    left = conn.execute("PRAGMA freelist_count").fetchone()[0]
+                    if left >= free:
+                        break
+                    free = left
+                return
+        # PASSIVE: copies what it can without waiting for readers or blocking writers;
+        # on a full disk the log's own space is given back too
+        conn.execute(f"PRAGMA wal_checkpoint({'TRUNCATE' if reclaim else 'PASSIVE'})").fetchall()
+
+    def storage_full(self, exc: BaseException) -> StorageFull | None:
+        if isinstance(exc, StorageFull):
+            return exc
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+            detail = exc.strerror or str(exc)
+        elif isinstance(exc, sqlite3.Error) and _sqlite_code(exc) == sqlite3.SQLITE_FULL:
+            detail = str(exc)
+        elif isinstance(exc, sqlite3.Error) and _sqlite_code(exc) == sqlite3.SQLITE_IOERR \
+                and no_room(os.path.dirname(self.path)):
+            # sqlite names only ENOSPC "disk is full"; a quota shows as an I/O error
+            detail = f"{exc} (no room for new data: disk or quota full)"
+        else:
+            return None
+        return StorageFull(f"the file system at {mount_point(self.path)}, which holds {self.path}", detail)
+
+    def take_reserve(self) -> bool:
+        return self.reserve.take()
+
+    def has_room(self) -> bool:
+        if not self.reserve.take():
+            return False
+        st = os.statvfs(os.path.dirname(self.path))
+        return st.f_bavail * st.f_frsize >= max(self.reserve.size, _MIN_ROOM_BYTES)
+
+    def release_reserve(self) -> bool:
+        freed = self.reserve.release()
+        if freed:
+            log.warning("datastore disk full: released the space reserved for deletes",
+                        component="datastore", reserve=self.reserve.path)
+        return freed
 
     def insert(self, cur: Any, params: tuple[Any, ...]) -> int:
         cur.execute(self.insert_sql, params)
@@ -210,10 +286,13 @@ async def backup_file(db_path: str, dest_path: str) -> None:
 
 
 class SQLiteDatastore(SQLDatastore):
-    """The Datastore on one sqlite file. Options as for :class:`SQLDatastore`."""
+    """The Datastore on one sqlite file. Options as for :class:`SQLDatastore`.
 
-    def __init__(self, path: str, **options: Any) -> None:
-        self._sqlite = SQLiteDialect(path)
+    ``reserve_bytes``: the space kept beside the file for deletes on a full disk (0: none).
+    """
+
+    def __init__(self, path: str, *, reserve_bytes: int = DEFAULT_RESERVE_BYTES, **options: Any) -> None:
+        self._sqlite = SQLiteDialect(path, reserve_bytes=reserve_bytes)
         super().__init__(self._sqlite, **options)
 
     @property

@@ -16,6 +16,13 @@ Threads and connections:
 
 Committed events are published to watchers on the event loop before the writes'
 callers are woken, in the same step that advances the store's revision.
+
+A full disk: once a write fails for lack of space the store refuses creates and updates
+(StorageFull) and accepts only deletes, as etcd does under its space alarm, until the
+dialect says there is room again (sqlite: its reserve is back and as much is free). The
+first delete that finds no room gets the reserve released for it; deletes on a full
+disk are followed by a compaction of all history (watchers further back relist), since
+history is the only space the store can free by itself.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from k3p.protocols.datastore import (
     KeyValue,
     ListResult,
     NotFoundError,
+    StorageFull,
 )
 from k3p_plugins.datastore_sql.dialect import (
     LATEST,
@@ -129,6 +137,10 @@ class SQLDatastore:
         self._hub = WatchHub(buffer=watch_buffer)
         self._leases: LeaseKeeper | None = None
         self._tasks: list[asyncio.Task] = []
+        #: set while the disk is full (the error that said so): only deletes are tried
+        self._full: StorageFull | None = None
+        self._full_retry_at = 0.0
+        self._reclaim_task: asyncio.Task | None = None
         #: write transactions committed so far (a measure of how well writes batch)
         self.write_transactions = 0
 
@@ -189,6 +201,8 @@ class SQLDatastore:
         if not self._started or self._closing:
             return
         self._closing = True
+        if self._reclaim_task is not None:
+            self._tasks.append(self._reclaim_task)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -219,7 +233,14 @@ class SQLDatastore:
 
     def _open_writer(self) -> tuple[int, int]:
         d = self._dialect
-        conn = d.connect(writer=True)
+        try:
+            conn = d.connect(writer=True)
+        except StorageFull as exc:
+            # opening makes the log's index file: on a full disk only the reserve has room
+            self._enter_full(exc)
+            if not d.release_reserve():
+                raise
+            conn = d.connect(writer=True)
         try:
             d.check_health(conn)
             conn.execute(d.begin_write)
@@ -241,6 +262,8 @@ class SQLDatastore:
                 _rollback(conn)
                 raise
             d.after_open(conn)
+            if self._full is None and not d.take_reserve():
+                self._enter_full(StorageFull(d.describe(), "no room for the space reserved for deletes"))
         except BaseException:
             conn.close()
             raise
@@ -426,6 +449,8 @@ class SQLDatastore:
                         self._leases.add(res.kv.key, res.kv.mod_revision, res.expires_ms / 1000)
             self._revision = revision
             self._hub.publish(events, revision)
+            if self._full is not None and any(e.type is EventType.DELETE for e in events):
+                self._reclaim_soon()
             for (_, fut), res in zip(items, results, strict=True):
                 if fut.done():
                     continue
@@ -438,6 +463,20 @@ class SQLDatastore:
 
     def _run_batch(self, ops: list[_WriteOp]) -> list[_Done | BaseException]:
         """On the writer thread: all of ``ops`` in one transaction, one result each."""
+        if self._full is not None and not self._room_again():
+            return self._run_deletes(ops)
+        return self._run_txn(ops)
+
+    def _run_deletes(self, ops: list[_WriteOp]) -> list[_Done | BaseException]:
+        """The deletes of ``ops`` (a full disk): everything else is refused unwritten."""
+        results: list[_Done | BaseException] = [self._refusal(op) for op in ops]
+        picked = [i for i, op in enumerate(ops) if op.kind == _DELETE]
+        if picked:
+            for i, res in zip(picked, self._run_txn([ops[i] for i in picked]), strict=True):
+                results[i] = res
+        return results
+
+    def _run_txn(self, ops: list[_WriteOp]) -> list[_Done | BaseException]:
         conn, d = self._wconn, self._dialect
         try:
             conn.execute(d.begin_write)
@@ -447,14 +486,80 @@ class SQLDatastore:
             conn.execute("COMMIT")
         except Exception as exc:
             _rollback(conn)
+            full = d.storage_full(exc)
+            if full is not None:
+                self._enter_full(full)
+                # deletes are how space comes back: the reserve is theirs, once
+                if any(op.kind == _DELETE for op in ops) and d.release_reserve():
+                    return self._run_deletes(ops)
+                return [self._refusal(op) for op in ops]
             if len(ops) == 1:
                 return [exc]
             # something other than a compare-and-swap failed: retry each write in its own
             # transaction so that only the bad one fails
             log.warning("write batch failed, retrying one by one", component="datastore", error=str(exc))
-            return [self._run_batch([op])[0] for op in ops]
+            return [self._run_txn([op])[0] for op in ops]
         self.write_transactions += 1
         return results
+
+    # --- a full disk ------------------------------------------------------------------------
+
+    def _enter_full(self, error: StorageFull) -> None:
+        if self._full is None:
+            log.warning(
+                "datastore disk full: refusing creates and updates, accepting deletes until there is room",
+                component="datastore", store=self._dialect.describe(), error=str(error),
+            )
+        self._full = error
+
+    def _refusal(self, op: _WriteOp) -> BaseException:
+        """A write not stored for lack of space: the error it would get anyway (a create of
+        a key that exists is still "exists", so callers that expect it go on), else StorageFull."""
+        try:
+            row = self._wconn.execute(self._dialect.get_latest_sql, (op.key,)).fetchone()
+        except Exception:
+            return self._full_error()
+        live = row is not None and not row[3]
+        if op.kind == _CREATE and live:
+            return KeyExistsError(op.key)
+        if op.kind != _CREATE and not live:
+            return NotFoundError(op.key)
+        if op.kind != _CREATE and op.expected and row_kv(row).mod_revision != op.expected:
+            return ConflictError(op.key, row_kv(row))
+        return self._full_error()
+
+    def _full_error(self) -> StorageFull:
+        full = self._full or StorageFull(self._dialect.describe())
+        return StorageFull(full.where, full.detail)
+
+    def _room_again(self, *, now: bool = False) -> bool:
+        """On the writer thread: leave the full state if the disk has room again."""
+        clock = time.monotonic()
+        if not now and clock < self._full_retry_at:
+            return False
+        self._full_retry_at = clock + 1.0  # a refused write costs no allocation attempt
+        try:
+            ok = self._dialect.has_room()
+        except OSError as exc:
+            log.warning("cannot take the datastore's space reserve", component="datastore", error=str(exc))
+            ok = False
+        if ok:
+            self._full = None
+            log.info("datastore has room again: accepting every write", component="datastore",
+                     store=self._dialect.describe())
+        return ok
+
+    def _reclaim_soon(self) -> None:
+        """After deletes on a full disk: compact everything shortly (once for a burst of deletes)."""
+        if self._reclaim_task is None or self._reclaim_task.done():
+            self._reclaim_task = asyncio.create_task(self._reclaim(), name="k3p-datastore-reclaim")
+
+    async def _reclaim(self) -> None:
+        await asyncio.sleep(1.0)
+        try:
+            await self.compact(self._revision)
+        except Exception as exc:  # the next delete tries again
+            log.warning("compaction on a full disk failed", component="datastore", error=str(exc))
 
     def _apply(self, cur: Any, op: _WriteOp, now_ms: int) -> _Done | DatastoreError:
         d = self._dialect
@@ -535,7 +640,7 @@ class SQLDatastore:
                 hi = min(lo + self._compact_batch, revision)
                 removed += await self._enqueue(Job(lambda lo=lo, hi=hi: self._compact_step(lo, hi)))
                 self._compact_rev = lo = hi
-            await self._enqueue(Job(lambda: self._dialect.after_compact(self._wconn)))
+            await self._enqueue(Job(self._after_compact))
             log.info(
                 "datastore compacted",
                 component="datastore",
@@ -544,7 +649,7 @@ class SQLDatastore:
                 seconds=round(time.monotonic() - started, 3),
             )
 
-    def _compact_step(self, lo: int, hi: int) -> int:
+    def _compact_step(self, lo: int, hi: int, *, retry: bool = True) -> int:
         conn, d = self._wconn, self._dialect
         conn.execute(d.begin_write)
         try:
@@ -552,10 +657,31 @@ class SQLDatastore:
             removed += conn.execute(d.compact_tombstones_sql, (lo, hi)).rowcount
             conn.execute(d.set_compact_revision_sql, (hi,))
             conn.execute("COMMIT")
+        except Exception as exc:
+            _rollback(conn)
+            full = d.storage_full(exc)
+            if full is None:
+                raise
+            self._enter_full(full)
+            # compaction frees space, so like a delete it may use the reserve
+            if retry and d.release_reserve():
+                return self._compact_step(lo, hi, retry=False)
+            raise full from exc
         except BaseException:
             _rollback(conn)
             raise
         return max(0, removed)
+
+    def _after_compact(self) -> None:
+        full = self._full is not None
+        try:
+            self._dialect.after_compact(self._wconn, reclaim=full)
+        except Exception as exc:
+            if self._dialect.storage_full(exc) is None:
+                raise
+            log.warning("cannot give freed space back on a full disk", component="datastore", error=str(exc))
+        if full:
+            self._room_again(now=True)
 
     async def _compact_forever(self) -> None:
         while True:
