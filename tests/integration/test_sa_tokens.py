@@ -31,9 +31,12 @@ REVIEW_URL = "/apis/authentication.k8s.io/v1/tokenreviews"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[K3pServer]:
     # the issuer and audiences from config.yaml: the file path works as the flags do
     config = f"service-account-issuer: {ISSUER}\napi-audiences: {','.join(API_AUDIENCES)}\n"
-    s = K3pServer(tmp_path_factory.mktemp("satokens"), config=config).start()
-    yield s
-    s.stop()
+    s = K3pServer(tmp_path_factory.mktemp("satokens"), config=config)
+    try:
+        # stopped even when it never gets ready
+        yield s.start()
+    finally:
+        s.stop()
 
 
 @pytest.fixture(scope="module")
