@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -217,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         hold_stop_signals()  # released once their event loop handles SIGTERM (server.py, agent/run.py)
     else:
         release_stop_signals()
+        # `k3p plugins list | head -1`: end quietly when the reader goes away, as Unix filters do
+        # (and so does the kubectl that `k3p kubectl` execs); servers keep Python's EPIPE errors
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     logsetup.configure()
     try:
         return handler(rest)
@@ -226,6 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(e), 1)
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:
+        # stdout's reader is gone: nothing more can be said there, nor at the interpreter's last flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as e:
         structlog.get_logger(__name__).debug("fatal error", exc_info=True)
         return fail(f"{type(e).__name__}: {e}", 1)

@@ -10,6 +10,7 @@ plugins add theirs through the ``k3p_add_options`` hook.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import os
 from collections.abc import Container, Iterable, Sequence
@@ -197,7 +198,13 @@ DISABLE_ALIASES_PLUGINS = tuple(plugin for plugin, _commands, _effect in DISABLE
 
 
 def add_disable_aliases(schema: OptionSchema, installed: Container[str]) -> None:
-    """The aliases of the installed plugins only: a trimmed install shows no trace of the others."""
+    """The aliases of the installed plugins only: a trimmed install shows no trace of the others.
+
+    ``--disable``'s help gains the names of the installed plugins, the values it takes."""
+    disable = schema.get("disable")
+    if disable is not None and isinstance(installed, Iterable):
+        names = ", ".join(sorted(installed))
+        schema._options["disable"] = dataclasses.replace(disable, help=f"{disable.help} (installed: {names})")
     for flag, (plugin, commands, effect) in DISABLE_ALIASES.items():
         if plugin in installed:
             schema.add(flag, type=bool, default=False, commands=commands,
@@ -345,7 +352,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(command: str, schema: OptionSchema, prog: str, description: str) -> argparse.ArgumentParser:
     """The argparse parser for ``command``; options are grouped by the plugin that owns them."""
     parser = _Parser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
-    groups: dict[str, argparse._ArgumentGroup] = {}
+    # core options join argparse's own "options" group (the one with -h): one heading, not two
+    groups: dict[str, argparse._ArgumentGroup] = {"core": parser._optionals}
     for opt in schema.options(command):
         group = groups.get(opt.owner)
         if group is None:

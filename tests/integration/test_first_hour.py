@@ -207,3 +207,28 @@ def test_debug_brings_the_startup_lines_back() -> None:
     finally:
         logsetup.configure(debug=False)
         logging.getLogger().handlers[:] = []
+
+
+# --- 4. exit codes and the command line ------------------------------------------------------
+
+
+def test_exit_codes_output_cut_short_help_heading_and_disable_names(tmp_path: Path) -> None:
+    from k3p.plugins import installed_plugins
+
+    (tmp_path / "config.yaml").write_text("")
+    config = ["--config", str(tmp_path / "config.yaml"), "--data-dir", str(tmp_path / "data")]
+    assert k3p("no-such-command").returncode == 2
+    assert k3p("plugins", "bogus").returncode == 2
+    assert k3p("server", *config, "--https-listen-port", "x").returncode == 2
+    assert k3p("server", *config, "--no-such-flag").returncode == 2
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("K3P_")}
+    for reader in ("head -1", "true"):
+        cut = subprocess.run(f"{sys.executable} -m k3p plugins list | {reader}", shell=True, capture_output=True,
+                             text=True, env=clean, timeout=60)
+        assert cut.stderr == "", cut.stderr
+    helped = k3p("server", "--help").stdout
+    assert [line for line in helped.splitlines() if line == "options:"] == ["options:"]
+    disable_help = " ".join(helped[helped.index("--disable NAME  "):].split("\n  --")[0].split())
+    assert all(name in disable_help for name in installed_plugins()), disable_help
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "| 1 | a runtime failure" in readme and "| 2 | a usage or config error" in readme
