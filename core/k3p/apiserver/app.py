@@ -25,6 +25,7 @@ from k3p.apiserver import bodies, bootstrap_policy, crd, discovery, protobuf, st
 from k3p.apiserver.admission import AdmissionAttributes
 from k3p.apiserver.allocators import ServiceAllocator
 from k3p.apiserver.auth import ANONYMOUS, Authenticator
+from k3p.apiserver.authorizers import AuthorizerChain
 from k3p.apiserver.errors import (
     APIError,
     bad_request,
@@ -37,7 +38,9 @@ from k3p.apiserver.errors import (
 from k3p.apiserver.eviction import Evictor
 from k3p.apiserver.handlers import ResourceHandlers
 from k3p.apiserver.impersonation import impersonate
+from k3p.apiserver.node_authorizer import NodeAuthorizer, NodeGraph
 from k3p.apiserver.node_proxy import KubeletProxy, pod_container
+from k3p.apiserver.noderestriction import NodeRestriction
 from k3p.apiserver.openapi import OpenAPIV3
 from k3p.apiserver.openapi_v2 import MEDIA_TYPE as OPENAPI_V2_PROTOBUF
 from k3p.apiserver.openapi_v2 import OpenAPIV2
@@ -133,13 +136,19 @@ class APIServer:
         self.registry: Registry = builtin_registry()
         self.cache = WatchCache(datastore, watch_cache_size)
         self.authn = authenticator
-        self.authz = RBACAuthorizer(CacheRBACSource(self.cache, self.registry))
+        self.node_graph = NodeGraph()
+        self._lookup_types: dict[tuple[str, str], ResourceType] = {}
+        self.authz = AuthorizerChain(NodeAuthorizer(self.node_graph, self._lookup),
+                                     RBACAuthorizer(CacheRBACSource(self.cache, self.registry)))
         self.discovery = discovery.DiscoveryCache(self.registry)
         self.openapi = OpenAPIV3(self.registry)
         self.openapi_v2 = OpenAPIV2(self.openapi)
         self.allocator = ServiceAllocator(self._services, service_cidr, node_port_range)
         self.handlers = ResourceHandlers(
-            datastore, self.cache, admission=[self.allocator, self._admit_crd, *(admission or [])],
+            datastore, self.cache, admission=[
+                self.allocator, self._admit_crd,
+                NodeRestriction(lambda resource, ns, name: self._lookup("", resource, ns, name)),
+                *(admission or [])],
             validate=self._validate, to_table=self._table,
         )
         self.evictor = Evictor(self.handlers, self.registry)
@@ -158,6 +167,10 @@ class APIServer:
         for rt in self.registry:
             self.cache.register(rt.key_prefix(None))
         await self.cache.start()
+        # before any later event is applied, so the graph never misses one
+        pods, volumes = (self.registry.get("", "v1", r).key_prefix(None) for r in ("pods", "persistentvolumes"))
+        self.node_graph.load(self.cache.listen(pods, self.node_graph.on_pod),
+                             self.cache.listen(volumes, self.node_graph.on_volume))
         # The cache's objects live as long as the server: keep the collector from walking
         # them on every full collection (those pauses showed up as write and watch p99s).
         gc.collect()
@@ -179,10 +192,11 @@ class APIServer:
         ns_rt = self.registry.get("", "v1", "namespaces")
         for name in SYSTEM_NAMESPACES:
             await self.ensure(ns_rt, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-        for obj in bootstrap_policy.default_objects():
+        for obj in bootstrap_policy.default_objects(node_authorizer=True):
             rt = self.registry.by_api_version(obj["apiVersion"], obj["kind"])
             if rt is not None:
                 await self.ensure(rt, obj)
+        await self._unbind_nodes_group()
         svc_rt = self.registry.get("", "v1", "services")
         await self.ensure(svc_rt, {
             "apiVersion": "v1", "kind": "Service",
@@ -209,6 +223,42 @@ class APIServer:
             return obj
         self.handlers._wrote(rv)
         return obj
+
+    async def _unbind_nodes_group(self) -> None:
+        """Take the ``system:nodes`` group out of an older cluster's ``system:node`` binding.
+
+        Before the Node authorizer, that binding gave every node the whole ClusterRole; now
+        the authorizer grants it node by node, and the group in the binding would undo that.
+        A binding an administrator took over (autoupdate not "true") is left alone.
+        """
+        rt = self.registry.get("rbac.authorization.k8s.io", "v1", "clusterrolebindings")
+        item = self.cache.get(rt.key_prefix(None), rt.storage_key(None, "system:node"))
+        if item is None:
+            return
+        meta = item.obj.get("metadata") or {}
+        if (meta.get("annotations") or {}).get(bootstrap_policy.AUTOUPDATE_ANNOTATION) != "true":
+            return
+        nodes_group = bootstrap_policy.group_subject(bootstrap_policy.NODES_GROUP)
+        subjects = item.obj.get("subjects") or []
+        if nodes_group not in subjects:
+            return
+        new = copy.deepcopy(item.obj)
+        new["subjects"] = [s for s in subjects if s != nodes_group]
+        try:
+            await self.handlers._store_update(rt, item.key, item, new)
+        except Exception as e:  # a concurrent change (another server did it): the next start looks again
+            log.warning("could not take system:nodes out of the system:node binding", error=str(e))
+
+    def _lookup(self, group: str, resource: str, namespace: str, name: str) -> Obj | None:
+        """An object of a built-in type straight from the watch cache, or None."""
+        rt = self._lookup_types.get((group, resource))
+        if rt is None:
+            rt = next((t for t in self.registry if (t.group, t.resource) == (group, resource) and not t.custom), None)
+            if rt is None:
+                return None
+            self._lookup_types[(group, resource)] = rt
+        item = self.cache.get(rt.key_prefix(None), rt.storage_key(namespace or None, name))
+        return item.obj if item else None
 
     @staticmethod
     def _admit_crd(attrs: AdmissionAttributes) -> None:
@@ -558,6 +608,9 @@ class APIServer:
         if sub == "token":
             return await self._token_request(request, rt, attrs, raw)
         if sub == "eviction":
+            eviction = bodies.decode(raw, bodies.media_type(request)) if raw.strip() else None
+            await h._admit("CREATE", rt, eviction if isinstance(eviction, dict) else None, None, attrs,
+                           bodies.dry_run(query, request))
             return await self.evictor.handle(request, attrs, raw)
         if sub == "binding" or (rt.resource == "bindings" and verb == "create"):
             return await self._bind(request, rt, attrs, query, raw)

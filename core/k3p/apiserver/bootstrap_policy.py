@@ -162,6 +162,11 @@ def _role_binding(namespace: str, name: str, role: str, subjects: list[dict[str,
     }
 
 
+def node_rules() -> list[Rule]:
+    """The rules of the ``system:node`` ClusterRole, which the Node authorizer grants every node."""
+    return _node_rules()
+
+
 def _node_rules() -> list[Rule]:
     return [
         rule(("create",), (_AUTHN,), ("tokenreviews",)),

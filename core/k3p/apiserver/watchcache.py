@@ -159,6 +159,8 @@ class Bucket:
     watchers: set[Watcher] = field(default_factory=set)
     #: bumped by every change: a cheap version for caches derived from the bucket
     changes: int = 0
+    #: called with every event before watchers see it (indexes kept beside the cache)
+    listeners: list[Callable[[WatchEvent], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.events = collections.deque(maxlen=self.window)
@@ -169,6 +171,12 @@ class Bucket:
             self.objects.pop(event.item.key, None)
         else:
             self.objects[event.item.key] = event.item
+        for listen in self.listeners:
+            try:
+                listen(event)
+            except Exception:
+                # an index must never stop the feed that every list and watch depends on
+                log.exception("watch cache listener failed", bucket=self.prefix)
         if len(self.events) == self.events.maxlen:
             self.window_start = self.events[0].rv
         self.events.append(event)
@@ -287,6 +295,16 @@ class WatchCache:
             if bucket is None:
                 bucket = self._buckets[head] = Bucket(head, window_start=self.revision, window=self.window)
         return bucket
+
+    def listen(self, prefix: str, listener: Callable[[WatchEvent], None]) -> Iterable[CachedObject]:
+        """Call ``listener`` with every later event of a registered bucket; returns its current objects.
+
+        The listener runs synchronously as each change is applied, before any watcher or
+        reader sees it, so an index it keeps is never behind the cache.
+        """
+        bucket = self.bucket(prefix)
+        bucket.listeners.append(listener)
+        return list(bucket.objects.values())
 
     def bucket(self, prefix: str) -> Bucket:
         """The bucket of a registered resource type's storage prefix."""
