@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 
@@ -153,12 +154,37 @@ def cmd_check_config(argv: Sequence[str]) -> int:
     return 1 if report.failed else 0
 
 
+def kubectl_kubeconfig(environ: dict[str, str]) -> tuple[str, str]:
+    """The kubeconfig ``k3p kubectl`` hands to kubectl, or "" and why there is none readable.
+
+    ``$KUBECONFIG`` when set; else the default server's kubeconfig, then those of the data dir
+    (``$K3P_DATA_DIR`` or the default one). kubectl itself would quietly fall back to
+    localhost:8080 and fail there with a message that names none of this.
+    """
+    data_dir = Path(environ.get("K3P_DATA_DIR") or cfg.default_data_dir())
+    given = [p for p in environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+    candidates = given or ["/etc/rancher/k3p/k3p.yaml", str(data_dir / "kubeconfig-k3p.yaml"),
+                           str(data_dir / "server" / "cred" / "admin.kubeconfig")]
+    problems = []
+    for path in candidates:
+        try:
+            with open(path, "rb"):
+                return path, ""
+        except OSError as e:
+            problems.append(f"{path}: {e.strerror}")
+    where = "$KUBECONFIG" if given else "k3p's kubeconfigs"
+    hint = "run as root or start the server with --write-kubeconfig-mode 0644" if any(
+        "denied" in p for p in problems) else "is k3p server running on this machine?"
+    return "", f"no readable kubeconfig in {where} ({'; '.join(problems)}): {hint}"
+
+
 def cmd_kubectl(argv: Sequence[str]) -> int:
     env = dict(os.environ)
-    if "KUBECONFIG" not in env:
-        default = "/etc/rancher/k3p/k3p.yaml"
-        if os.path.exists(default):
-            env["KUBECONFIG"] = default
+    if not any(a == "--kubeconfig" or a.startswith("--kubeconfig=") for a in argv):
+        kubeconfig, problem = kubectl_kubeconfig(env)
+        if problem:
+            return fail(problem, 1)
+        env.setdefault("KUBECONFIG", kubeconfig)
     try:
         os.execvpe("kubectl", ["kubectl", *argv], env)
     except FileNotFoundError:

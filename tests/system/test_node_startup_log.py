@@ -1,13 +1,18 @@
 """A first start of `k3p server` with its containerd node says nothing at warning level or above
-when nothing is wrong, and its start-up ends with the "k3p is ready" line."""
+when nothing is wrong, and its start-up ends with the "k3p is ready" line. The README's way
+of getting an image into a running node (`k3p ctr images import FILE`) works as written."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 from containerd_host import REAL_NODE, HostNode
 
+import k3p_plugins.containerd.ocibuild as ocibuild
 from k3p.testing import wait_for
 
 pytestmark = REAL_NODE
@@ -29,6 +34,14 @@ def test_first_start_with_a_node_is_quiet_and_ends_ready() -> None:
         wait_for(lambda: "k3p is ready" in server.logs(), 60, what="the ready line")
         time.sleep(10)  # the node's first reconciles after start-up (taints, pod network, proxy rules)
         logged = records(server.logs())
+        archive = node.tmp / "readme.tar"
+        ocibuild.build_busybox_image(archive, "docker.io/library/busybox:readme")
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("K3P_")}, "K3P_DATA_DIR": str(node.data)}
+        for step in (["ctr", "images", "import", str(archive)], ["crictl", "images"]):
+            done = subprocess.run([sys.executable, "-m", "k3p", *step], capture_output=True, text=True, env=env,
+                                  timeout=60)
+            assert done.returncode == 0, done.stderr
+        assert "readme" in done.stdout, done.stdout
     loud = [r for r in logged if r.get("level") not in ("info", "debug")]
     assert loud == [], loud
     ready = [i for i, r in enumerate(logged) if r.get("event") == "k3p is ready"]
