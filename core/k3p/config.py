@@ -168,6 +168,27 @@ def add_core_options(schema: OptionSchema) -> None:
              "default: the service-account issuers)")
     add("watch-cache-size", type=int, default=1000, commands=server, metavar="N",
         help="Recent changes kept per resource type for watch replay; older resourceVersions get 410 Expired")
+    add("max-requests-inflight", type=int, default=400, commands=server, metavar="N",
+        help="Most read-only requests (get, list) the API server serves at once, watches and other "
+             "long-running requests not counted; beyond it 429 with Retry-After (0: no limit)")
+    add("max-mutating-requests-inflight", type=int, default=200, commands=server, metavar="N",
+        help="Most mutating requests (create, update, patch, delete) the API server serves at once; beyond "
+             "it 429 with Retry-After (0: no limit)")
+    add("max-connections", type=int, default=2048, commands=server, metavar="N",
+        help="Most connections the API server keeps open; beyond it new connections are closed at once, "
+             "before TLS. A quarter is kept for clients that present a client certificate (0: no limit; "
+             "lowered to what the open-files limit allows)")
+    add("max-connections-per-client", type=int, default=256, commands=server, metavar="N",
+        help="Most connections one client address may hold without a client certificate (in the TLS "
+             "handshake, or through it without one); beyond it its new connections are closed at once "
+             "(0: no limit)")
+    add("request-header-timeout", default="32s", commands=server, metavar="DURATION",
+        help="Time a client has for the TLS handshake, and then for each request's headers, before its "
+             "connection is closed")
+    add("idle-connection-timeout", default="90s", commands=server, metavar="DURATION",
+        help="How long a keep-alive connection may stay idle between requests before the server closes it")
+    add("max-request-header-bytes", type=int, default=64 * 1024, commands=server, metavar="BYTES",
+        help="Largest request line and headers the API server reads; larger requests get 431 (0: no limit)")
     add("kubelet-port", type=int, default=10250, metavar="PORT",
         help="Port of the kubelet's HTTPS endpoint, which serves logs to the API server")
     add("simulate", type=int, default=0, commands=("agent",), metavar="N",

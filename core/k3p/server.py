@@ -20,7 +20,9 @@ from k3p.__main__ import release_stop_signals
 from k3p.addons import ManifestError, addon_component, object_ref
 from k3p.apiserver.app import APIServer
 from k3p.apiserver.auth import Authenticator, CertHttpToolsProtocol
+from k3p.apiserver.connections import ConnectionLimits, raise_open_files_limit
 from k3p.apiserver.health import health_router
+from k3p.apiserver.inflight import MaxInFlight
 from k3p.apiserver.listener import serve_https
 from k3p.apiserver.node_proxy import KubeletProxy
 from k3p.apiserver.service_account_tokens import ServiceAccountTokens
@@ -222,9 +224,10 @@ def apiserver_component(ctx: ServerState, store: Datastore) -> Component:
         identities = NodeIdentities(ctx.control_plane_client, own_node)
         app.include_router(supervisor_router(pki, ctx.token, lambda: ctx.cluster, identities))
         api.mount(app)
+        limits = ConnectionLimits.from_config(ctx.config).within_open_files(raise_open_files_limit())
         try:
             await serve_https(
-                app,
+                MaxInFlight.from_config(app, ctx.config),
                 host=ctx.config.get("bind_address"),
                 port=ctx.config.get("https_listen_port"),
                 certfile=pki.serving_cert,
@@ -232,6 +235,7 @@ def apiserver_component(ctx: ServerState, store: Datastore) -> Component:
                 client_ca=pki.client_ca.cert_path,
                 ready=ready,
                 http=CertHttpToolsProtocol,
+                limits=limits,
             )
         finally:
             await api.close()
@@ -317,6 +321,9 @@ def components(ctx: ServerState, store: Datastore) -> list[Component]:
 
 async def run_server(config: Config, plugins: PluginManager) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop."""
+    # bad connection or request limits are config errors, found before anything starts
+    ConnectionLimits.from_config(config)
+    MaxInFlight.from_config(None, config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

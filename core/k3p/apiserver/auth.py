@@ -13,6 +13,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from k3p.apiserver.request_headers import RequestHeaderLimits
 from k3p.apiserver.request_info import UserInfo
 from k3p.apiserver.service_account_tokens import ServiceAccountTokens, TokenRejected
 
@@ -51,7 +52,9 @@ class _PeerCertMixin:
             scope.setdefault("extensions", {})["k3p.client_cert_user"] = self._k3p_user
 
 
-class CertHttpToolsProtocol(_PeerCertMixin, HttpToolsProtocol):
+class CertHttpToolsProtocol(_PeerCertMixin, RequestHeaderLimits, HttpToolsProtocol):
+    """uvicorn's httptools protocol with the client certificate's user and the header limits."""
+
     def on_headers_complete(self) -> None:
         self._stamp()
         super().on_headers_complete()

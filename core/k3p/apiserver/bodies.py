@@ -30,15 +30,17 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_body(request: Request) -> bytes:
+async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+    """The request's body; 413 RequestEntityTooLarge, without reading it, when its Content-Length
+    says it is larger than ``limit``, and as soon as more than ``limit`` bytes have arrived."""
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > MAX_BODY:
+    if length and length.isdigit() and int(length) > limit:
         raise APIError(413, "the server has received too large of a request body", "RequestEntityTooLarge")
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY:
+        if size > limit:
             raise APIError(413, "the server has received too large of a request body", "RequestEntityTooLarge")
         chunks.append(chunk)
     return b"".join(chunks)

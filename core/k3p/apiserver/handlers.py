@@ -491,7 +491,7 @@ class ResourceHandlers:
         dry = bodies.dry_run(query, request)
         ns, name, sub = attrs.namespace or None, attrs.name, attrs.subresource
         obj = self._check_body(rt, body, ns, name)
-        warnings = self._validate(rt, obj, mode)
+        warnings = self._validate(rt, _status_view(obj) if sub == "status" else obj, mode)
         wanted_rv = obj["metadata"].get("resourceVersion")
         key = rt.storage_key(ns, name)
         manager = _manager(request, query, "Update")
@@ -624,7 +624,7 @@ class ResourceHandlers:
                     wanted_rv = None
             patched.setdefault("metadata", {})["resourceVersion"] = str(current.rv)
             patched = self._check_body(rt, patched, ns, name)
-            warnings = self._validate(rt, patched, mode)
+            warnings = self._validate(rt, _status_view(patched) if sub == "status" else patched, mode)
             if wanted_rv:
                 raise conflict(rt.group, rt.resource, name,
                                "the object has been modified; please apply your changes to the latest version "
@@ -788,6 +788,13 @@ def _removal_blocked(rt: ResourceType, obj: Obj) -> bool:
 
 class _Retry(Exception):
     """The object changed between read and write: read again and retry."""
+
+
+def _status_view(obj: Obj) -> Obj:
+    """What a status write is validated on: it keeps the stored spec (prepare_update), so, as in
+    kube, only metadata and status are checked, and a stored spec that does not validate (an
+    older version's) cannot block the status a controller reports about it."""
+    return {k: v for k, v in obj.items() if k != "spec"}
 
 
 def _same(old: Obj, new: Obj) -> bool:

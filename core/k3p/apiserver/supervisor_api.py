@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from fastapi.responses import JSONResponse
 
 from k3p import pki as pki_mod
 from k3p.agent.join import PASSWORD_HEADER
+from k3p.apiserver import bodies
+from k3p.apiserver.errors import APIError
 from k3p.apiserver.registry import builtin_registry
 from k3p.apiserver.strategy import name_problems
 from k3p.client import ApiError, Client
@@ -41,6 +44,8 @@ PASSWORD_SECRET_TYPE = "k3p.io/node-password"
 BOOTSTRAP_SECRET_TYPE = "bootstrap.kubernetes.io/token"
 BOOTSTRAP_TOKEN = re.compile(r"^([a-z0-9]{6})\.([a-z0-9]{16})$")
 COMPONENT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+#: a join request names a node and a few addresses: 64 KiB is far more than any needs
+MAX_BODY = 64 * 1024
 
 
 #: components that act as the users upstream's bootstrap policy names
@@ -194,8 +199,10 @@ def supervisor_router(server_pki: pki_mod.ServerPKI, token: str, cluster_config:
         return _status(401, "Unauthorized", "the join token was not accepted")
 
     async def json_body(request: Request) -> dict[str, Any]:
+        """The request's JSON object ({} for anything else); APIError 413 beyond MAX_BODY, unread."""
+        raw = await bodies.read_body(request, MAX_BODY)
         try:
-            body = await request.json()
+            body = json.loads(raw)
         except ValueError:
             return {}
         return body if isinstance(body, dict) else {}
@@ -204,7 +211,10 @@ def supervisor_router(server_pki: pki_mod.ServerPKI, token: str, cluster_config:
     async def node_credentials(request: Request) -> JSONResponse:
         if not await authorized(request):
             return denied()
-        body = await json_body(request)
+        try:
+            body = await json_body(request)
+        except APIError as e:
+            return _status(e.code, e.reason, e.message)
         name = body.get("nodeName", "")
         problems = name_problems(nodes, name) if isinstance(name, str) else ["nodeName must be a string"]
         if problems:
@@ -225,7 +235,10 @@ def supervisor_router(server_pki: pki_mod.ServerPKI, token: str, cluster_config:
     async def component_credentials(request: Request) -> JSONResponse:
         if not await authorized(request):
             return denied()
-        component = (await json_body(request)).get("component", "")
+        try:
+            component = (await json_body(request)).get("component", "")
+        except APIError as e:
+            return _status(e.code, e.reason, e.message)
         if not isinstance(component, str) or not COMPONENT_NAME.match(component):
             return _status(422, "Invalid", f"invalid component name {component!r}")
         if component in CONTROL_PLANE_COMPONENTS:

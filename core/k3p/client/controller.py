@@ -94,8 +94,16 @@ class Controller:
                 else:
                     log.warning("reconcile failed", controller=self.name, key=key, error=str(e))
                 self.queue.add_rate_limited(key)
-            except Exception:
-                log.exception("reconcile failed", controller=self.name, key=key)
-                self.queue.add_rate_limited(key)
+            except Exception as e:
+                await self.reconcile_failed(key, e)
             finally:
                 self.queue.done(key)
+
+    async def reconcile_failed(self, key: str, error: Exception) -> None:
+        """``reconcile(key)`` raised ``error`` (not an ApiError): log it and retry with back-off.
+
+        Controllers that can tell a malformed object from a bug override this (e.g. record an
+        event and wait for the object to change instead of retrying).
+        """
+        log.error("reconcile failed", controller=self.name, key=key, exc_info=error)
+        self.queue.add_rate_limited(key)

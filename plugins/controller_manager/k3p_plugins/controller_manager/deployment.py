@@ -26,7 +26,7 @@ from k3p.client.objects import (
 )
 from k3p.client.resources import DEPLOYMENTS, PODS, REPLICASETS
 from k3p.selectors import LabelSelector, SelectorError, label_selector_from_dict
-from k3p_plugins.controller_manager.base import BaseController
+from k3p_plugins.controller_manager.base import BaseController, require_workload_spec
 from k3p_plugins.controller_manager.claims import claim, recheck_owner
 from k3p_plugins.controller_manager.hashing import compute_hash
 from k3p_plugins.controller_manager.pods import is_terminal
@@ -94,6 +94,7 @@ class DeploymentController(BaseController):
         if cached is None:
             return
         d = copy.deepcopy(cached)
+        require_workload_spec(d)
         ns, _ = split_key(key)
         selector = self._selector(d)
         if selector.empty:
@@ -203,6 +204,13 @@ class DeploymentController(BaseController):
                                           {"metadata": {"annotations": {du.REVISION: str(revision)}}},
                                           meta(d)["namespace"])
         d["metadata"] = updated["metadata"]
+
+    async def report_malformed(self, obj: Obj, message: str) -> None:
+        # kube's condition for "cannot make the ReplicaSet" (there: the API refused it)
+        d = copy.deepcopy(obj)
+        status = copy.deepcopy(d.get("status") or {})
+        set_condition(status, "ReplicaFailure", "True", du.FAILED_RS_CREATE, message, update_time=True)
+        await self._write_status(d, status)
 
     async def _write_status(self, d: Obj, status: dict[str, Any]) -> None:
         status = omit_zero(status)

@@ -33,7 +33,7 @@ from k3p.client.objects import (
 )
 from k3p.client.resources import JOBS, PODS
 from k3p.selectors import LabelSelector, SelectorError, label_selector_from_dict
-from k3p_plugins.controller_manager.base import BaseController
+from k3p_plugins.controller_manager.base import BaseController, require_workload_spec
 from k3p_plugins.controller_manager.claims import claim, recheck_owner
 from k3p_plugins.controller_manager.expectations import Expectations
 from k3p_plugins.controller_manager.pods import (
@@ -191,6 +191,8 @@ class JobController(BaseController):
             self._backoff.pop(key, None)
             await self._release_finished(cached)
             return
+        # no condition for it: a Job's conditions are final (Failed), an old spec may be fixed
+        require_workload_spec(cached)
         job = copy.deepcopy(cached)
         status: dict[str, Any] = copy.deepcopy(job.get("status") or {})
         uncounted = status.setdefault("uncountedTerminatedPods", {})

@@ -20,7 +20,7 @@ from k3p.client.objects import (
 )
 from k3p.client.resources import PODS, REPLICASETS, REPLICATIONCONTROLLERS
 from k3p.selectors import LabelSelector, SelectorError, label_selector_from_dict
-from k3p_plugins.controller_manager.base import BaseController
+from k3p_plugins.controller_manager.base import BaseController, require_workload_spec
 from k3p_plugins.controller_manager.claims import claim, recheck_owner
 from k3p_plugins.controller_manager.expectations import Expectations
 from k3p_plugins.controller_manager.pods import (
@@ -139,6 +139,7 @@ class ReplicaSetController(BaseController):
         if owner is None:
             self.expectations.forget(key)
             return
+        require_workload_spec(owner)
         ns, _ = split_key(key)
         needs_sync = self.expectations.satisfied(key)
         selector = self.selector_of(owner)
@@ -156,6 +157,15 @@ class ReplicaSetController(BaseController):
         waits = [w for p in pods if (w := seconds_until_available(p, min_ready)) is not None]
         if waits:
             raise Requeue(min(waits) + 0.5)
+
+    async def report_malformed(self, obj: Obj, message: str) -> None:
+        # the condition kube sets when pods cannot be created
+        status = copy.deepcopy(obj.get("status") or {})
+        uid = meta(obj).get("uid")
+        status["replicas"] = sum(1 for p in self.pods.items(meta(obj).get("namespace")) if is_active(p) and any(
+            r.get("uid") == uid and r.get("controller") for r in meta(p).get("ownerReferences") or []))
+        set_condition(status, "ReplicaFailure", "True", "FailedCreate", message)
+        await write_status(self.client, self.resource, obj, status)
 
     async def manage_replicas(self, key: str, owner: Obj, pods: list[Obj]) -> str | None:
         """Create or delete pods toward ``spec.replicas``; the create error message, if any."""
