@@ -152,7 +152,12 @@ class K3pServer:
         )
         log.close()
         if wait:
-            self.wait_ready(timeout)
+            try:
+                self.wait_ready(timeout)
+            except BaseException:
+                # a server that never got ready is still a process this harness started
+                self.stop()
+                raise
         return self
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -171,17 +176,20 @@ class K3pServer:
             return e.code, e.read()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
+        exited: list[int] = []
+
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"k3p server exited with {self.proc.returncode}:\n{self.logs()[-4000:]}")
+                exited.append(self.proc.returncode)
+                return True  # stop waiting: it will never get ready
             return self.ca_file.exists() and self.get("/readyz")[0] == 200
 
         try:
             wait_for(ready, timeout, 0.1, "k3p server /readyz")
         except TimeoutError as e:
-            if isinstance(e.__cause__, RuntimeError):
-                raise e.__cause__ from None
             raise TimeoutError(f"{e}\n--- k3p log ---\n{self.logs()[-4000:]}") from None
+        if exited:
+            raise RuntimeError(f"k3p server exited with {exited[0]}:\n{self.logs()[-4000:]}")
 
     def kubectl(self, *args: str, input: str | None = None, timeout: float = 60,
                 check: bool = False) -> subprocess.CompletedProcess[str]:
