@@ -75,6 +75,11 @@ def test_sigterm_in_steady_state_stops_everything(k3p_server_factory, hello_plug
 def test_sigterm_during_startup(tmp_path: Path, hello_plugin_env, delay: float) -> None:
     server = K3pServer(tmp_path, env=hello_plugin_env).start(wait=False)
     try:
+        # Counted from the first log line: before it, the interpreter may not yet run k3p's
+        # code (a loaded machine takes longer than 0.1 s to import), and no program can
+        # handle a signal it has not yet set a handler for.
+        wait_for(lambda: server.log_path.exists() and server.log_path.stat().st_size > 0, 20, 0.01,
+                 "the server's first log line")
         time.sleep(delay)
         kids = descendants(server.proc.pid)
         server.proc.send_signal(signal.SIGTERM)
