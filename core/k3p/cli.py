@@ -235,18 +235,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"k3p version v{k3p.__version__} (Kubernetes v1.32)")
         return 0
     command, rest = argv[0], argv[1:]
-    handler = COMMANDS.get(command)
-    if handler is None:
-        return plugin_command(command, rest)
     from k3p.__main__ import hold_stop_signals, release_stop_signals
 
     if command in ("server", "agent"):
         hold_stop_signals()  # released once their event loop handles SIGTERM (server.py, agent/run.py)
     else:
-        release_stop_signals()
+        release_stop_signals()  # plugin commands too: Ctrl-C stops `k3p crictl logs -f`
         # `k3p plugins list | head -1`: end quietly when the reader goes away, as Unix filters do
         # (and so does the kubectl that `k3p kubectl` execs); servers keep Python's EPIPE errors
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    handler = COMMANDS.get(command)
+    if handler is None:
+        return plugin_command(command, rest)
     logsetup.configure()
     try:
         return handler(rest)

@@ -235,6 +235,27 @@ def test_exit_codes_output_cut_short_help_heading_and_disable_names(tmp_path: Pa
     assert "| 1 | a runtime failure" in readme and "| 2 | a usage or config error" in readme
 
 
+def test_plugin_commands_stop_on_sigterm(tmp_path: Path) -> None:
+    import shutil
+
+    from k3p.testing import descendants
+    from k3p.testing.process import stop_process
+
+    if shutil.which("ctr") is None:
+        pytest.skip("containerd's ctr is not installed")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("K3P_")}
+    # ctr dials a socket nobody serves for ~10 s: long enough to stop k3p while it waits for ctr
+    proc = subprocess.Popen([sys.executable, "-m", "k3p", "ctr", "--address", str(tmp_path / "none.sock"), "events"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean)
+    try:
+        wait_for(lambda: descendants(proc.pid), 8, 0.05, "k3p ctr's child")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(3)
+        assert proc.returncode != 0
+    finally:
+        stop_process(proc, 1)
+
+
 # --- 5. the README's instructions, as written -------------------------------------------------
 
 README = Path(__file__).resolve().parents[2] / "README.md"
