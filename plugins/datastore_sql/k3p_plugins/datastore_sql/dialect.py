@@ -259,6 +259,9 @@ class Dialect:
         and as much is free beside it)."""
         return True
 
+    def frugal(self, conn: Any, on: bool) -> None:
+        """Write as little as possible while the disk is full (``on``), or as usual again."""
+
     def release_reserve(self) -> bool:
         """Give the reserved space back so deletes can commit on a full disk; True if it freed any."""
         return False

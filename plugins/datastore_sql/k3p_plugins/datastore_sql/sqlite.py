@@ -105,6 +105,8 @@ class SQLiteDialect(Dialect):
         super().__init__()
         self.path = os.path.abspath(path)
         self.reserve = SpaceReserve(self.path + ".reserve", reserve_bytes)
+        #: the build's secure_delete setting, restored when the disk has room again
+        self.secure_delete = 0
         self.busy_timeout_ms = busy_timeout_ms
         self.reader_mmap_bytes = reader_mmap_bytes
         self.reader_cache_kib = reader_cache_kib
@@ -154,6 +156,8 @@ class SQLiteDialect(Dialect):
         finally:
             if writer:
                 os.umask(old_umask)
+        if writer:
+            self.secure_delete = int(conn.execute("PRAGMA secure_delete").fetchone()[0])
         if writer and created:
             _fsync_dir(os.path.dirname(self.path))
         return conn
@@ -213,6 +217,12 @@ class SQLiteDialect(Dialect):
             return False
         st = os.statvfs(os.path.dirname(self.path))
         return st.f_bavail * st.f_frsize >= max(self.reserve.size, _MIN_ROOM_BYTES)
+
+    def frugal(self, conn: sqlite3.Connection, on: bool) -> None:
+        # Built with SECURE_DELETE (Debian's sqlite is), a delete overwrites every freed
+        # page with zeros, so compacting away N bytes of values first writes N bytes to the
+        # log: on a full disk that is room there is not. FAST zeroes only what costs no I/O.
+        conn.execute(f"PRAGMA secure_delete = {'FAST' if on else self.secure_delete}").fetchall()
 
     def release_reserve(self) -> bool:
         freed = self.reserve.release()

@@ -264,6 +264,8 @@ class SQLDatastore:
             d.after_open(conn)
             if self._full is None and not d.take_reserve():
                 self._enter_full(StorageFull(d.describe(), "no room for the space reserved for deletes"))
+            if self._full is not None:
+                d.frugal(conn, True)
         except BaseException:
             conn.close()
             raise
@@ -505,11 +507,14 @@ class SQLDatastore:
     # --- a full disk ------------------------------------------------------------------------
 
     def _enter_full(self, error: StorageFull) -> None:
+        """On the writer thread: the disk is full."""
         if self._full is None:
             log.warning(
                 "datastore disk full: refusing creates and updates, accepting deletes until there is room",
                 component="datastore", store=self._dialect.describe(), error=str(error),
             )
+            if self._wconn is not None:
+                self._dialect.frugal(self._wconn, True)
         self._full = error
 
     def _refusal(self, op: _WriteOp) -> BaseException:
@@ -545,6 +550,7 @@ class SQLDatastore:
             ok = False
         if ok:
             self._full = None
+            self._dialect.frugal(self._wconn, False)
             log.info("datastore has room again: accepting every write", component="datastore",
                      store=self._dialect.describe())
         return ok
