@@ -32,6 +32,7 @@ commands:
   token          token create|list|delete: join tokens with a time to live
   version        Print the k3p version
   crictl, ctr    Inspect this node's containers (provided by the containerd plugin)
+  images         images import FILE...: image archives into this node; images ls (containerd plugin)
 
 'k3p COMMAND --help' shows a command's options.
 """

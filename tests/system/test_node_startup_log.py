@@ -28,20 +28,29 @@ def records(text: str) -> list[dict]:
     return found
 
 
+def k3p(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "k3p", *args], capture_output=True, text=True, env=env, timeout=60)
+
+
 def test_first_start_with_a_node_is_quiet_and_ends_ready() -> None:
     with HostNode("k3pq") as node:
         server = node.server
         wait_for(lambda: "k3p is ready" in server.logs(), 60, what="the ready line")
         time.sleep(10)  # the node's first reconciles after start-up (taints, pod network, proxy rules)
         logged = records(server.logs())
-        archive = node.tmp / "readme.tar"
-        ocibuild.build_busybox_image(archive, "docker.io/library/busybox:readme")
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("K3P_")}, "K3P_DATA_DIR": str(node.data)}
-        for step in (["ctr", "images", "import", str(archive)], ["crictl", "images"]):
-            done = subprocess.run([sys.executable, "-m", "k3p", *step], capture_output=True, text=True, env=env,
-                                  timeout=60)
+        said = {}
+        for tag, command in (("readme", ["images", "import"]), ("ctr", ["ctr", "images", "import"])):
+            archive = node.tmp / f"{tag}.tar"
+            ocibuild.build_busybox_image(archive, f"docker.io/library/busybox:{tag}")
+            done = k3p(*command, str(archive), env=env)
             assert done.returncode == 0, done.stderr
-        assert "readme" in done.stdout, done.stdout
+            said[tag] = done.stdout
+        assert said["readme"] == f"{node.tmp / 'readme.tar'}: docker.io/library/busybox:readme\n", said
+        listed = k3p("images", "ls", env=env).stdout
+        assert "readme" in listed and "ctr" in listed, listed
+        bad = k3p("images", "import", str(node.tmp / "missing.tar"), env=env)
+        assert bad.returncode == 1 and len(bad.stderr.splitlines()) == 1, bad.stderr
     loud = [r for r in logged if r.get("level") not in ("info", "debug")]
     assert loud == [], loud
     ready = [i for i, r in enumerate(logged) if r.get("event") == "k3p is ready"]

@@ -125,7 +125,14 @@ def _ctr(argv: list[str], data_dir: str) -> int:
     return ctr_main(argv, data_dir)
 
 
+def _images(argv: list[str], data_dir: str) -> int:
+    from k3p_plugins.containerd.images_cli import images_main
+
+    return images_main(argv, data_dir)
+
+
 @hookimpl
 def k3p_commands() -> dict[str, Callable[[list[str], str], int]]:
-    """``k3p crictl`` (crictl is not packaged here) and ``k3p ctr`` with this node's socket."""
-    return {"crictl": _crictl, "ctr": _ctr}
+    """``k3p crictl`` (crictl is not packaged here), ``k3p ctr`` with this node's socket, and
+    ``k3p images import|ls`` for image archives without a registry."""
+    return {"crictl": _crictl, "ctr": _ctr, "images": _images}
