@@ -52,6 +52,10 @@ class CheckReport:
 def core_checks(config: Config, report: CheckReport) -> None:
     """What k3p itself needs from the host."""
     report.ok("python", sys.version.split()[0])
+    node = not (config.get("disable_agent") or config.get("simulate"))
+    if node and os.geteuid() != 0:
+        report.fail("root", "a node needs root (it runs containerd, the pod network and nftables rules): "
+                            "run as root, or with --disable-agent for the control plane alone")
     data_dir = Path(config.get("data_dir"))
     probe = data_dir if data_dir.exists() else next((p for p in data_dir.parents if p.exists()), Path("/"))
     if os.access(probe, os.W_OK):
@@ -60,7 +64,7 @@ def core_checks(config: Config, report: CheckReport) -> None:
         report.fail("data-dir", f"{data_dir} is not writable by this user")
     check_port(report, config.get("https_listen_port"), "--https-listen-port", "API server",
                host=config.get("bind_address") or "0.0.0.0")
-    if not (config.get("disable_agent") or config.get("simulate")):
+    if node:
         check_port(report, config.get("kubelet_port"), "--kubelet-port", "kubelet")
     kubectl = shutil.which("kubectl")
     if kubectl:

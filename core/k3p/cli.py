@@ -164,7 +164,9 @@ def kubectl_kubeconfig(environ: dict[str, str]) -> tuple[str, str]:
     """
     data_dir = Path(environ.get("K3P_DATA_DIR") or cfg.default_data_dir())
     given = [p for p in environ.get("KUBECONFIG", "").split(os.pathsep) if p]
-    candidates = given or ["/etc/rancher/k3p/k3p.yaml", str(data_dir / "kubeconfig-k3p.yaml"),
+    # without root, a server's kubeconfig is ~/.kube/k3p.yaml (k3p.server.user_kubeconfig)
+    own = [str(Path.home() / ".kube" / "k3p.yaml")] if os.geteuid() != 0 else []
+    candidates = given or [*own, "/etc/rancher/k3p/k3p.yaml", str(data_dir / "kubeconfig-k3p.yaml"),
                            str(data_dir / "server" / "cred" / "admin.kubeconfig")]
     problems = []
     for path in candidates:

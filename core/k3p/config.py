@@ -135,7 +135,8 @@ def add_core_options(schema: OptionSchema) -> None:
     add("server", default="", env="K3P_URL", metavar="URL",
         help="Server to connect to (agents; servers joining an HA cluster)")
     add("write-kubeconfig", default="/etc/rancher/k3p/k3p.yaml", commands=server, metavar="FILE",
-        help="Write the admin kubeconfig to FILE")
+        help="Write the admin kubeconfig to FILE (default for another --data-dir: <data-dir>/kubeconfig-k3p.yaml; "
+             "without root: ~/.kube/k3p.yaml)")
     add("write-kubeconfig-mode", default="", commands=server, metavar="MODE",
         help="Octal file mode of the kubeconfig (default 0600)")
     add("token-file", default="", env="K3P_TOKEN_FILE", commands=("agent",), metavar="FILE",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import os
 import signal
 import socket
 from dataclasses import dataclass, field
@@ -130,12 +131,20 @@ class ServerState:
 def kubeconfig_path(config: Config) -> Path:
     """Where the admin kubeconfig goes: ``--write-kubeconfig`` when given; else the default path
     for the default data dir and ``<data-dir>/kubeconfig-k3p.yaml`` for any other, so a second
-    server beside the main one never overwrites the main one's kubeconfig."""
+    server beside the main one never overwrites the main one's kubeconfig. Without root the
+    default is ``~/.kube/k3p.yaml`` (K3s: ``~/.kube/k3s.yaml``)."""
     if config.source("write_kubeconfig") != "default":
         return Path(config.get("write_kubeconfig"))
     if config.data_path.resolve() != Path(default_data_dir()).resolve():
         return config.data_path / "kubeconfig-k3p.yaml"
+    if os.geteuid() != 0:
+        return user_kubeconfig()
     return Path(config.get("write_kubeconfig"))
+
+
+def user_kubeconfig() -> Path:
+    """The admin kubeconfig of a server run without root."""
+    return Path.home() / ".kube" / "k3p.yaml"
 
 
 def local_api_url(config: Config) -> str:

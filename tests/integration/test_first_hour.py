@@ -256,6 +256,53 @@ def test_plugin_commands_stop_on_sigterm(tmp_path: Path) -> None:
         stop_process(proc, 1)
 
 
+def user_namespace_works() -> bool:
+    """Whether ``unshare --user`` runs here: a process whose euid is not 0 (it keeps its file access)."""
+    try:
+        out = subprocess.run(["unshare", "--user", sys.executable, "-c", "import os; print(os.geteuid())"],
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out not in ("", "0")
+
+
+class ServerWithoutRoot(K3pServer):
+    """A server as a user without root runs it: no --data-dir, no --write-kubeconfig (the defaults under HOME)."""
+
+    def __init__(self, workdir: Path, home: Path) -> None:
+        super().__init__(workdir, prefix=["unshare", "--user"], env={"HOME": str(home)})
+        self.data_dir = home / ".rancher" / "k3p"
+        self.kubeconfig = home / ".kube" / "k3p.yaml"
+
+    def command(self) -> list[str]:
+        return [*self.prefix, self.python, "-m", "k3p", "server", "--config", str(self.config_file),
+                "--https-listen-port", str(self.port), "--bind-address", "127.0.0.1", *self.args]
+
+
+def test_without_root_a_node_is_refused_and_the_control_plane_lives_in_home(tmp_path: Path) -> None:
+    if not user_namespace_works():
+        pytest.skip("no user namespaces here (unshare --user)")
+    home = tmp_path / "home"
+    home.mkdir()
+    node = ServerWithoutRoot(tmp_path / "node", home)
+    node.args = ["--kubelet-port", str(free_port())]
+    refused = subprocess.run(node.command(), capture_output=True, text=True, env=node.environment(), timeout=60)
+    assert refused.returncode == 1, refused.stderr
+    lines = error_lines(refused.stderr)
+    assert len(lines) == 1 and "a node needs root" in lines[0] and "--disable-agent" in lines[0], refused.stderr
+    server = ServerWithoutRoot(tmp_path / "control-plane", home).start()
+    try:
+        assert server.kubeconfig.exists() and (server.data_dir / "server" / "tls" / "server-ca.crt").exists()
+        assert server.get("/readyz")[0] == 200
+        # and `k3p kubectl` finds that kubeconfig by itself
+        env = {k: v for k, v in server.environment().items() if k != "KUBECONFIG"}
+        got = subprocess.run(["unshare", "--user", sys.executable, "-m", "k3p", "kubectl", "get", "--raw", "/readyz"],
+                             capture_output=True, text=True, env=env, timeout=60)
+        assert got.stdout.strip() == "ok", got.stderr
+    finally:
+        server.stop()
+
+
 # --- 5. the README's instructions, as written -------------------------------------------------
 
 README = Path(__file__).resolve().parents[2] / "README.md"
