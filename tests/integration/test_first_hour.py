@@ -20,6 +20,8 @@ from k3p.datadir_lock import LOCK_FILE
 from k3p.ports import free_port
 from k3p.testing import K3pServer, wait_for
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+
 
 def k3p(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("K3P_")}
@@ -128,9 +130,22 @@ def test_disable_flag_replaces_the_file_list_as_k3s_and_says_so(tmp_path: Path) 
     assert names == ["traefik"]
     out = k3p("server", "--help").stdout
     assert "replaces the config file's disable list" in " ".join(out.split())
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = README.read_text()
     assert "replaces the `disable:` list" in readme
 
+
+
+def test_readme_config_example_works_as_written(tmp_path: Path) -> None:
+    text = README.read_text()
+    example = text[text.index("### Configuration"):].split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "config.yaml").write_text(example)
+    listed = k3p("plugins", "list", "-o", "json", "--config", str(tmp_path / "config.yaml"))
+    assert listed.returncode == 0 and listed.stderr == "", listed.stderr
+    disabled = {p["name"] for p in json.loads(listed.stdout) if not p["enabled"]}
+    assert disabled == {"traefik"} & {p["name"] for p in json.loads(listed.stdout)}
+    from k3p.server import _kubeconfig_mode
+
+    assert _kubeconfig_mode(resolved(tmp_path, example)) == 0o644
 
 # --- 3. start-up logs -------------------------------------------------------------------------
 
@@ -231,7 +246,7 @@ def test_exit_codes_output_cut_short_help_heading_and_disable_names(tmp_path: Pa
     assert [line for line in helped.splitlines() if line == "options:"] == ["options:"]
     disable_help = " ".join(helped[helped.index("--disable NAME  "):].split("\n  --")[0].split())
     assert all(name in disable_help for name in installed_plugins()), disable_help
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = README.read_text()
     assert "| 1 | a runtime failure" in readme and "| 2 | a usage or config error" in readme
 
 
@@ -304,9 +319,6 @@ def test_without_root_a_node_is_refused_and_the_control_plane_lives_in_home(tmp_
 
 
 # --- 5. the README's instructions, as written -------------------------------------------------
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-
 
 def readme_block(heading: str) -> str:
     """The first ```sh block after ``heading`` in the README."""
