@@ -17,6 +17,8 @@ from k3p.apiserver.request_headers import RequestHeaderLimits
 from k3p.apiserver.request_info import UserInfo
 from k3p.apiserver.service_account_tokens import ServiceAccountTokens, TokenRejected
 
+#: bytes of outgoing TLS data a connection buffers in the process before the app is paused
+WRITE_HIGH_WATER = 64 * 1024
 ANONYMOUS = UserInfo("system:anonymous", ("system:unauthenticated",))
 #: what kube answers for a bearer token no authenticator knows
 INVALID_TOKEN = "invalid bearer token"
@@ -42,6 +44,10 @@ class _PeerCertMixin:
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
+        # What a connection may buffer here before a stream's next write waits for its client.
+        # uvloop's TLS default (512 KiB) times a few hundred watches that are never read was
+        # most of the server's memory.
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         ssl_object: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
         self._k3p_user = _user_from_der(der) if der else None

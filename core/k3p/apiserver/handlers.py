@@ -33,7 +33,7 @@ from k3p.apiserver.patch import (
 )
 from k3p.apiserver.registry import ResourceType
 from k3p.apiserver.request_info import RequestAttributes
-from k3p.apiserver.watchcache import CachedObject, Expired, WatchCache, WatchEvent, encode
+from k3p.apiserver.watchcache import WATCH_WRITE_BYTES, CachedObject, Expired, WatchCache, WatchEvent, encode
 from k3p.client.objects import format_time
 from k3p.protocols.datastore import CompactedError, ConflictError, Datastore, KeyExistsError, NotFoundError
 from k3p.selectors import SelectorError, parse_field_selector, parse_label_selector
@@ -389,18 +389,12 @@ class ResourceHandlers:
                 if bookmarks and rv_param in ("", "0"):
                     pass
                 while True:
-                    # Send everything already queued in one chunk; wait only when nothing is.
-                    lines = []
-                    ended = False
-                    while not watcher.queue.empty():
-                        ev = watcher.queue.get_nowait()
-                        if ev is None:
-                            ended = True
-                            break
-                        lines.append(ev.line(render, key))
-                    if lines:
-                        yield b"".join(lines)
-                    if ended:
+                    # What is queued goes out in writes of at most WATCH_WRITE_BYTES (one bigger
+                    # event alone): each write waits until the connection has taken the last.
+                    while watcher.pending():
+                        lines = [ev.line(render, key) for ev in watcher.take(WATCH_WRITE_BYTES)]
+                        yield lines[0] if len(lines) == 1 else b"".join(lines)
+                    if watcher.closed:
                         return
                     wait = 30.0 if bookmarks else 300.0
                     if deadline is not None:
@@ -410,14 +404,12 @@ class ResourceHandlers:
                     try:
                         # asyncio.timeout, unlike wait_for, makes no task per event
                         async with asyncio.timeout(wait):
-                            ev = await watcher.next()
+                            if not await watcher.wait():
+                                return
                     except TimeoutError:
                         if bookmarks:
                             yield self._bookmark(rt, self.cache.revision)
                         continue
-                    if ev is None:
-                        return
-                    yield ev.line(render, key)
             finally:
                 watcher.close()
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from k3p.heap import TrimAfterFrees
 from k3p.protocols.datastore import CompactedError, Datastore, Event, EventType
 
 log = structlog.get_logger(__name__)
@@ -26,8 +27,19 @@ log = structlog.get_logger(__name__)
 ROOT = "/registry/"
 #: events kept per bucket for watch replay by default; older resourceVersions get 410 Expired
 WINDOW = 1000
-#: events a watcher may fall behind by before it is closed (its client watches again)
-WATCHER_QUEUE = 20000
+#: serialized bytes of the object versions the events of one bucket's window may keep alive
+#: (an update's event keeps the new version and the one before): a few megabyte-sized
+#: objects written over and over must not keep a thousand old versions in memory
+WINDOW_BYTES = 16 * 2**20
+#: events a watcher may have queued (not yet taken by its connection) before it is closed
+WATCHER_BACKLOG_EVENTS = 10_000
+#: serialized bytes of the object versions those queued events may keep alive; a watcher
+#: past either bound has fallen behind and is closed: its stream ends and its client
+#: watches again from its last event
+WATCHER_BACKLOG_BYTES = 8 * 2**20
+#: bytes of events a watch stream joins into one write; the connection buffers about one
+#: write beyond its transport's high-water mark before the stream waits for the client
+WATCH_WRITE_BYTES = 16 * 1024
 
 
 def encode(obj: dict[str, Any]) -> bytes:
@@ -38,6 +50,11 @@ class CachedObject:
     """One object at one resourceVersion, decoded and serialized."""
 
     __slots__ = ("key", "obj", "raw", "rv")
+
+    @property
+    def size(self) -> int:
+        """Serialized bytes: what the bounds on windows and watcher backlogs count."""
+        return len(self.raw)
 
     def __init__(self, key: str, obj: dict[str, Any], rv: int) -> None:
         obj.setdefault("metadata", {})["resourceVersion"] = str(rv)
@@ -69,6 +86,11 @@ class WatchEvent:
     def rv(self) -> int:
         return self.item.rv
 
+    @property
+    def size(self) -> int:
+        """Serialized bytes of the object versions the event keeps alive (the new one and the one before)."""
+        return self.item.size + (self.prev.size if self.prev is not None else 0)
+
     def line(self, render: Callable[[WatchEvent], bytes] | None = None, key: Any = None) -> bytes:
         """The event as one JSON line; ``render`` makes another format (e.g. a Table row), cached by ``key``."""
         cached = self._lines.get(key)
@@ -91,13 +113,29 @@ class Expired(Exception):
 
 
 class Watcher:
-    """One client's watch on a bucket; ``filter`` picks the objects it wants."""
+    """One client's watch on a bucket; ``filter`` picks the objects it wants.
 
-    def __init__(self, bucket: Bucket, filter_: Callable[[dict[str, Any]], bool]) -> None:
+    Events wait in the watcher's backlog until its connection takes them. The backlog is
+    bounded (``WATCHER_BACKLOG_EVENTS`` events, ``WATCHER_BACKLOG_BYTES`` of serialized
+    objects): a client that does not read would otherwise keep every event since it
+    stopped alive. Past the bound the watcher is closed and its backlog dropped, as
+    kube-apiserver terminates an unresponsive watcher; the client's next watch from its
+    last resourceVersion gets the dropped events from the window (or 410 and relists).
+    """
+
+    def __init__(self, bucket: Bucket, filter_: Callable[[dict[str, Any]], bool],
+                 max_events: int = WATCHER_BACKLOG_EVENTS, max_bytes: int = WATCHER_BACKLOG_BYTES) -> None:
         self.bucket = bucket
         self.filter = filter_
-        self.queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue(WATCHER_QUEUE)
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._backlog: collections.deque[WatchEvent] = collections.deque()
+        #: serialized bytes of the objects in the backlog
+        self.backlog_bytes = 0
+        self._ready = asyncio.Event()
         self.closed = False
+        #: closed because its backlog passed the bound
+        self.fell_behind = False
 
     def view(self, event: WatchEvent) -> WatchEvent | None:
         """The event as this watcher sees it through its filter, or None if it does not see it.
@@ -123,27 +161,57 @@ class Watcher:
         seen = self.view(event)
         if seen is None:
             return
-        event = seen
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
-            log.warning("watcher fell too far behind; closing it", bucket=self.bucket.prefix)
+        size = seen.size
+        if len(self._backlog) >= self.max_events or self.backlog_bytes + size > self.max_bytes:
+            log.warning("watcher fell too far behind; closing it", bucket=self.bucket.prefix,
+                        events=len(self._backlog), bytes=self.backlog_bytes)
+            self.fell_behind = True
+            if self.bucket.trimmer is not None:
+                self.bucket.trimmer.freed(self.backlog_bytes)
             self.close()
+            return
+        self._backlog.append(seen)
+        self.backlog_bytes += size
+        self._ready.set()
 
     def close(self) -> None:
+        """End the watch: no more events, and the queued ones are dropped."""
         if not self.closed:
             self.closed = True
             self.bucket.watchers.discard(self)
-            try:
-                self.queue.put_nowait(None)
-            except asyncio.QueueFull:
-                # Make room for the end marker: the client re-watches from its last event anyway.
-                self.queue.get_nowait()
-                self.queue.put_nowait(None)
+            self._backlog.clear()
+            self.backlog_bytes = 0
+            self._ready.set()
+
+    def pending(self) -> int:
+        """How many events are queued."""
+        return len(self._backlog)
+
+    def take(self, max_bytes: int) -> list[WatchEvent]:
+        """Queued events, oldest first, whose objects come to at most ``max_bytes`` serialized (at least one)."""
+        out: list[WatchEvent] = []
+        written = 0
+        backlog = self._backlog
+        while backlog and (not out or written + backlog[0].item.size <= max_bytes):
+            ev = backlog.popleft()
+            written += ev.item.size
+            self.backlog_bytes -= ev.size
+            out.append(ev)
+        if not backlog and not self.closed:
+            self._ready.clear()
+        return out
+
+    async def wait(self) -> bool:
+        """Wait until an event is queued or the watch has ended; False once it has ended."""
+        if not self._backlog and not self.closed:
+            await self._ready.wait()
+        return not self.closed
 
     async def next(self) -> WatchEvent | None:
         """The next event, or None when the watch has ended."""
-        return await self.queue.get()
+        if not await self.wait():
+            return None
+        return self.take(0)[0]
 
 
 @dataclass
@@ -153,17 +221,22 @@ class Bucket:
     prefix: str
     objects: dict[str, CachedObject] = field(default_factory=dict)
     window: int = WINDOW
+    window_bytes: int = WINDOW_BYTES
     events: collections.deque[WatchEvent] = field(init=False)
+    #: serialized bytes of the objects of the events in ``events``
+    events_bytes: int = 0
     #: every event after this revision is in ``events``
     window_start: int = 0
     watchers: set[Watcher] = field(default_factory=set)
     #: bumped by every change: a cheap version for caches derived from the bucket
     changes: int = 0
+    #: told the size of old object versions that leave the window (their memory is freed)
+    trimmer: TrimAfterFrees | None = None
     #: called with every event before watchers see it (indexes kept beside the cache)
     listeners: list[Callable[[WatchEvent], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.events = collections.deque(maxlen=self.window)
+        self.events = collections.deque()
 
     def apply(self, event: WatchEvent) -> None:
         self.changes += 1
@@ -177,9 +250,15 @@ class Bucket:
             except Exception:
                 # an index must never stop the feed that every list and watch depends on
                 log.exception("watch cache listener failed", bucket=self.prefix)
-        if len(self.events) == self.events.maxlen:
-            self.window_start = self.events[0].rv
         self.events.append(event)
+        self.events_bytes += event.size
+        # The newest event always stays, however big: a watch from the revision before it must resume.
+        while len(self.events) > 1 and (len(self.events) > self.window or self.events_bytes > self.window_bytes):
+            old = self.events.popleft()
+            self.events_bytes -= old.size
+            self.window_start = old.rv
+            if self.trimmer is not None and self.objects.get(old.item.key) is not old.item:
+                self.trimmer.freed(old.item.size)
         for w in list(self.watchers):
             w.offer(event)
 
@@ -187,9 +266,12 @@ class Bucket:
 class WatchCache:
     """All objects under /registry/, kept current from one datastore watch."""
 
-    def __init__(self, datastore: Datastore, window: int = WINDOW) -> None:
+    def __init__(self, datastore: Datastore, window: int = WINDOW, window_bytes: int = WINDOW_BYTES) -> None:
         self.datastore = datastore
         self.window = window
+        self.window_bytes = window_bytes
+        #: large objects replaced or deleted leave freed memory in the heap: give it back
+        self.trimmer = TrimAfterFrees()
         self.revision = 0
         self._buckets: dict[str, Bucket] = {}
         #: prefixes of known resource types (the other buckets are guesses for unknown keys)
@@ -219,6 +301,7 @@ class WatchCache:
         log.info("watch cache loaded", revision=revision, objects=sum(len(b.objects) for b in self._buckets.values()))
 
     async def close(self) -> None:
+        self.trimmer.cancel()
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -274,7 +357,8 @@ class WatchCache:
         if bucket is not None:
             self._registered.add(prefix)
             return bucket
-        bucket = Bucket(prefix, window_start=self.revision, window=self.window)
+        bucket = Bucket(prefix, window_start=self.revision, window=self.window,
+                        window_bytes=self.window_bytes, trimmer=self.trimmer)
         # Keys seen before their type was known were grouped by a guess one level too deep
         # (<prefix><namespace>/): fold those guesses into the real bucket.
         for other in [b for b in self._buckets.values()
@@ -293,7 +377,8 @@ class WatchCache:
             head2 = head[: head.rfind("/", 0, len(head) - 1) + 1]
             bucket = self._buckets.get(head2)
             if bucket is None:
-                bucket = self._buckets[head] = Bucket(head, window_start=self.revision, window=self.window)
+                bucket = self._buckets[head] = Bucket(head, window_start=self.revision, window=self.window,
+                                                      window_bytes=self.window_bytes, trimmer=self.trimmer)
         return bucket
 
     def listen(self, prefix: str, listener: Callable[[WatchEvent], None]) -> Iterable[CachedObject]:
