@@ -121,8 +121,8 @@ def label_value_errors(value: str) -> list[str]:
     return errs
 
 
-def _go_quote(s: str) -> str:
-    """Go's ``%q`` for the strings that appear in selector errors."""
+def go_quote(s: str) -> str:
+    """Go's ``%q``: quoted, with quotes, backslashes and unprintable characters escaped."""
     out = ['"']
     for ch in s:
         if ch in '"\\':
@@ -148,9 +148,9 @@ def _go_quote(s: str) -> str:
 def _invalid(path: str, value: Any, detail: str) -> str:
     """The text of a field.Invalid error."""
     if isinstance(value, str):
-        shown = _go_quote(value)
+        shown = go_quote(value)
     elif isinstance(value, list):
-        shown = "[]string{" + ", ".join(_go_quote(v) for v in value) + "}"
+        shown = "[]string{" + ", ".join(go_quote(v) for v in value) + "}"
     else:
         shown = str(value)
     return f"{path}: Invalid value: {shown}: {detail}"
@@ -214,8 +214,8 @@ class LabelRequirement:
                         _invalid(f"{values_path}[{i}]", v, "for 'Gt', 'Lt' operators, the value must be an integer")
                     )
         else:
-            supported = ", ".join(_go_quote(o) for o in (*_BINARY_OPERATORS, _EXISTS, _NOT_EXISTS))
-            errs.append(f"{base}operator: Unsupported value: {_go_quote(operator)}: supported values: {supported}")
+            supported = ", ".join(go_quote(o) for o in (*_BINARY_OPERATORS, _EXISTS, _NOT_EXISTS))
+            errs.append(f"{base}operator: Unsupported value: {go_quote(operator)}: supported values: {supported}")
         for i, v in enumerate(vals):
             value_errs = label_value_errors(v)
             if value_errs:
@@ -508,7 +508,7 @@ def label_selector_from_dict(selector: Mapping[str, Any] | None) -> LabelSelecto
     for expr in expressions:
         op = _EXPRESSION_OPERATORS.get(expr.get("operator", ""))
         if op is None:
-            raise SelectorError(f"{_go_quote(str(expr.get('operator', '')))} is not a valid label selector operator")
+            raise SelectorError(f"{go_quote(str(expr.get('operator', '')))} is not a valid label selector operator")
         reqs.append(LabelRequirement.new(expr.get("key", ""), op, list(expr.get("values") or ())))
     return LabelSelector(tuple(sorted(reqs, key=lambda r: r.key)))
 

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from k3p.apiserver import bodies, bootstrap_policy, crd, discovery, protobuf, strategy, streaming, tables
+from k3p.apiserver import bodies, bootstrap_policy, crd, discovery, protobuf, schemas, strategy, streaming, tables
 from k3p.apiserver.admission import AdmissionAttributes
 from k3p.apiserver.allocators import ServiceAllocator
 from k3p.apiserver.auth import ANONYMOUS, Authenticator
@@ -36,7 +36,7 @@ from k3p.apiserver.errors import (
     not_found,
 )
 from k3p.apiserver.eviction import Evictor
-from k3p.apiserver.handlers import ResourceHandlers
+from k3p.apiserver.handlers import ResourceHandlers, _Retry
 from k3p.apiserver.impersonation import impersonate
 from k3p.apiserver.node_authorizer import NodeAuthorizer, NodeGraph
 from k3p.apiserver.node_proxy import KubeletProxy, pod_container
@@ -457,10 +457,10 @@ class APIServer:
 
     def mount(self, app: FastAPI) -> None:
         methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-        app.add_route("/api", self.handle, methods=methods)
-        app.add_route("/apis", self.handle, methods=methods)
-        app.add_route("/api/{rest:path}", self.handle, methods=methods)
-        app.add_route("/apis/{rest:path}", self.handle, methods=methods)
+        app.add_route("/api", self._serve, methods=methods)
+        app.add_route("/apis", self._serve, methods=methods)
+        app.add_route("/api/{rest:path}", self._serve, methods=methods)
+        app.add_route("/apis/{rest:path}", self._serve, methods=methods)
         app.router.add_websocket_route("/api/{rest:path}", self.handle_websocket)
         app.router.add_websocket_route("/apis/{rest:path}", self.handle_websocket)
         app.add_route("/openapi/v2", self.handle_openapi_v2, methods=["GET"])
@@ -512,6 +512,11 @@ class APIServer:
             return Response(data, media_type="application/json", headers=headers)
         except APIError as e:
             return bodies.status_response(e)
+
+    async def _serve(self, request: Request) -> Response:
+        response = await self.handle(request)
+        await bodies.drain(request)
+        return response
 
     async def handle(self, request: Request) -> Response:
         try:
@@ -587,7 +592,10 @@ class APIServer:
         h = self.handlers
         accept = request.headers.get("accept", "")
         table = tables.table_version_from_accept(accept) is not None
-        include = query.get("includeObject", "Metadata")
+        include = query.get("includeObject") or "Metadata"
+        if table and include not in tables.INCLUDE_OBJECT_POLICIES:
+            raise bad_request(f'includeObject: Unsupported value: "{include}": supported values: '
+                              + ", ".join(f'"{p}"' for p in sorted(tables.INCLUDE_OBJECT_POLICIES)))
         if verb in ("create", "update", "patch") or (verb == "delete" and True):
             raw = await bodies.read_body(request)
         else:
@@ -672,49 +680,59 @@ class APIServer:
         current = await h._current(rt, ns, name)
         if attrs.verb == "get":
             return bodies.json_response(scale_of(current.obj))
-        if attrs.verb == "update":
-            body = bodies.decode(raw, bodies.media_type(request))
-        elif attrs.verb == "patch":
-            from k3p.apiserver.patch import apply_json_patch, apply_merge_patch
-
-            ctype = bodies.media_type(request)
-            doc = bodies.decode(raw, ctype)
-            base = scale_of(current.obj)
-            body = apply_json_patch(base, doc) if ctype == "application/json-patch+json" else \
-                apply_merge_patch(base, doc)
-        else:
+        if attrs.verb not in ("update", "patch"):
             raise method_not_allowed()
-        replicas = (body.get("spec") or {}).get("replicas") if isinstance(body, dict) else None
-        if not isinstance(replicas, int) or replicas < 0:
-            raise invalid("autoscaling", "Scale", name, [{"reason": "FieldValueInvalid", "field": "spec.replicas",
-                                                           "message": f"Invalid value: {replicas}: must be greater "
-                                                                      "than or equal to 0"}])
-        wanted_rv = (body.get("metadata") or {}).get("resourceVersion")
-        if wanted_rv and wanted_rv != str(current.rv):
-            from k3p.apiserver.errors import conflict
-
-            raise conflict(rt.group, rt.resource, name, "the object has been modified; please apply your changes "
-                                                        "to the latest version and try again")
-        patched = copy.deepcopy(current.obj)
-        target = patched
-        parts = paths["specReplicasPath"].strip(".").split(".")
-        for part in parts[:-1]:
-            target = target.setdefault(part, {})
-        target[parts[-1]] = replicas
-        new = strategy.prepare_update(rt, current.obj, patched)
-        if bodies.dry_run(query, request):
-            return bodies.json_response(scale_of(new))
-        stored = await h._store_update(rt, current.key, current, new)
-        return bodies.json_response(scale_of(stored))
+        ctype = bodies.media_type(request)
+        kind = "update" if attrs.verb == "update" else bodies.PATCH_TYPES.get(ctype)
+        if kind is None:
+            raise APIError(415, f"the body of the request was in an unknown format - accepted media types include: "
+                                f"{', '.join(t for t, k in bodies.PATCH_TYPES.items() if k)}",
+                           "UnsupportedMediaType")
+        doc = bodies.decode(raw, ctype)
+        manager = query.get("fieldManager", "")
+        if kind == "apply" and not manager:
+            raise bad_request("fieldManager: Required value: is required for apply patch")
+        for _ in range(20):
+            body = _scale_request(scale_of(current.obj), doc, kind, manager, bodies.query_bool(query, "force"))
+            replicas = (body.get("spec") or {}).get("replicas")
+            if not isinstance(replicas, int) or replicas < 0:
+                raise invalid("autoscaling", "Scale", name, [{
+                    "reason": "FieldValueInvalid", "field": "spec.replicas",
+                    "message": f"Invalid value: {replicas}: must be greater than or equal to 0"}])
+            wanted_rv = (body.get("metadata") or {}).get("resourceVersion") if kind != "apply" else None
+            if wanted_rv and wanted_rv != str(current.rv):
+                raise conflict(rt.group, rt.resource, name, "the object has been modified; please apply your "
+                                                            "changes to the latest version and try again")
+            patched = copy.deepcopy(current.obj)
+            target = patched
+            parts = paths["specReplicasPath"].strip(".").split(".")
+            for part in parts[:-1]:
+                target = target.setdefault(part, {})
+            target[parts[-1]] = replicas
+            new = strategy.prepare_update(rt, current.obj, patched)
+            if bodies.dry_run(query, request):
+                return bodies.json_response(scale_of(new))
+            try:
+                stored = await h._store_update(rt, current.key, current, new)
+            except _Retry:
+                # the object changed meanwhile (a controller's status write): patch the new one
+                current = await h._current(rt, ns, name)
+                continue
+            return bodies.json_response(scale_of(stored))
+        raise conflict(rt.group, rt.resource, name, "too many concurrent writes; try again")
 
     async def _bind(self, request: Request, rt: ResourceType, attrs: RequestAttributes, query: dict[str, str],
                     raw: bytes) -> Response:
         body = bodies.decode(raw, bodies.media_type(request))
         if not isinstance(body, dict):
             raise bad_request("the body of a binding must be a Binding object")
+        decode_error = validate(body, schemas.schema_for("", "v1", "Binding") or {}, "Ignore").decode_error(
+            "Binding", "v1")
+        if decode_error:
+            raise bad_request(decode_error)
         dry = bodies.dry_run(query, request)
         pods = self.registry.get("", "v1", "pods")
-        name = attrs.name if attrs.subresource == "binding" else (body.get("metadata") or {}).get("name", "")
+        name = attrs.name if attrs.subresource == "binding" else (body.get("metadata") or {}).get("name") or ""
         target = (body.get("target") or {}).get("name")
         if not target:
             raise invalid("", "Binding", name, [{"reason": "FieldValueRequired", "field": "target.name",
@@ -736,7 +754,7 @@ class APIServer:
                 return bodies.json_response(bodies.success_status(), 201)
             try:
                 await self.handlers._store_update(pods, current.key, current, new)
-            except Exception:
+            except _Retry:
                 continue
             return bodies.json_response(bodies.success_status(), 201)
         raise APIError(409, "binding kept conflicting; try again", "Conflict")
@@ -921,13 +939,19 @@ class APIServer:
     def _review(self, rt: ResourceType, attrs: RequestAttributes, body: Any) -> Response:
         if not isinstance(body, dict):
             raise bad_request(f"the body must be a {rt.kind}")
+        # decoded as kube decodes a review: a field of the wrong type is a 400
+        self._validate(rt, body, "Ignore")
         spec = body.get("spec") or {}
         out = {"kind": rt.kind, "apiVersion": rt.api_version, "metadata": body.get("metadata") or {}, "spec": spec}
         user = attrs.user
-        if rt.resource == "selfsubjectaccessreviews":
-            out["status"] = self.authz.evaluate_access_review(spec, user)
-        elif rt.resource in ("subjectaccessreviews", "localsubjectaccessreviews"):
-            out["status"] = self.authz.evaluate_access_review(spec)
+        if rt.resource in ("selfsubjectaccessreviews", "subjectaccessreviews", "localsubjectaccessreviews"):
+            try:
+                out["status"] = self.authz.evaluate_access_review(
+                    spec, user if rt.resource == "selfsubjectaccessreviews" else None)
+            except ValueError as e:
+                raise invalid(rt.group, rt.kind, "", [{"reason": "FieldValueInvalid",
+                                                       "field": "spec.resourceAttributes",
+                                                       "message": f"Invalid value: \"null\": {e}"}]) from None
         elif rt.resource == "selfsubjectrulesreviews":
             out["status"] = self.authz.rules_review_status(user, spec.get("namespace", ""))
         elif rt.resource == "selfsubjectreviews":
@@ -941,6 +965,46 @@ class APIServer:
                 raise bad_request("spec.audiences must be a list of strings")
             out["status"] = self.authn.review(str(spec.get("token") or ""), audiences)
         return bodies.json_response(out, 201)
+
+
+def _scale_request(base: Obj, doc: Any, kind: str, manager: str, force: bool) -> Obj:
+    """The Scale a PUT (``kind`` "update") or a patch of ``doc`` onto ``base`` asks for,
+    checked as kube decodes a Scale: 400 for a body of the wrong shape."""
+    from k3p.apiserver.patch import (
+        apply_json_patch,
+        apply_merge_patch,
+        apply_strategic_merge_patch,
+        server_side_apply,
+    )
+
+    schema = schemas.schema_for("autoscaling", "v1", "Scale")
+    assert schema is not None
+    if kind == "apply" and isinstance(doc, dict):
+        # the applied configuration must decode as a Scale before it is merged
+        decode_error = validate(doc, schema, "Ignore").decode_error("Scale", "v1")
+        if decode_error:
+            raise bad_request(decode_error)
+    if kind == "update":
+        body = doc
+    elif kind == "json":
+        if not isinstance(doc, list):
+            raise bad_request("json: cannot unmarshal object into Go value of type jsonpatch.Patch")
+        body = apply_json_patch(base, doc)
+    elif not isinstance(doc, dict):
+        raise bad_request(f"{'apply' if kind == 'apply' else 'merge'} patch must be a JSON object")
+    elif kind == "merge":
+        body = apply_merge_patch(base, doc)
+    elif kind == "strategic":
+        body = apply_strategic_merge_patch(base, doc, schema)
+    else:
+        body = server_side_apply(base, doc, manager, schema, force, format_time(), api_version="autoscaling/v1",
+                                 subresource="scale")
+    if not isinstance(body, dict):
+        raise bad_request("the object provided is not a Scale: expected a JSON object")
+    decode_error = validate(body, schema, "Ignore").decode_error("Scale", "v1")
+    if decode_error:
+        raise bad_request(decode_error)
+    return body
 
 
 class _Refused(Exception):

@@ -36,7 +36,7 @@ from k3p.apiserver.request_info import RequestAttributes
 from k3p.apiserver.watchcache import WATCH_WRITE_BYTES, CachedObject, Expired, WatchCache, WatchEvent, encode
 from k3p.client.objects import format_time
 from k3p.protocols.datastore import CompactedError, ConflictError, Datastore, KeyExistsError, NotFoundError
-from k3p.selectors import SelectorError, parse_field_selector, parse_label_selector
+from k3p.selectors import SelectorError, go_quote, parse_field_selector, parse_label_selector
 
 log = structlog.get_logger(__name__)
 Obj = dict[str, Any]
@@ -91,9 +91,13 @@ def decode_continue(token: str) -> tuple[int, str]:
     try:
         pad = "=" * (-len(token) % 4)
         data = json.loads(base64.urlsafe_b64decode(token + pad))
-        return int(data["rv"]), str(data["start"])
+        rv, start = data["rv"], data["start"]
     except (ValueError, KeyError, TypeError):
         raise bad_request("continue key is not valid: incorrect encoded start resourceVersion") from None
+    # kube's token holds an int64 resourceVersion above zero and a key
+    if type(rv) is not int or not 0 < rv < 1 << 63 or not isinstance(start, str):
+        raise bad_request("continue key is not valid: incorrect encoded start resourceVersion")
+    return rv, start
 
 
 class ResourceHandlers:
@@ -133,6 +137,17 @@ class ResourceHandlers:
 
     async def _fresh(self) -> None:
         await self.cache.wait_fresh(self.last_write)
+
+    async def _wait_for_revision(self, revision: int) -> None:
+        """Wait (a little) for the cache to reach a resourceVersion a list or watch asked for;
+        kube's 504 ResourceVersionTooLarge when it does not get there."""
+        try:
+            await self.cache.wait_fresh(revision, timeout=3)
+        except TimeoutError:
+            raise APIError(504, f"Too large resource version: {revision}, current: {self.cache.revision}",
+                           "Timeout", {"causes": [{"reason": "ResourceVersionTooLarge",
+                                                   "message": "Too large resource version"}],
+                                       "retryAfterSeconds": 1}) from None
 
     def _wrote(self, revision: int) -> None:
         self.last_write = max(self.last_write, revision)
@@ -180,6 +195,8 @@ class ResourceHandlers:
             raise bad_request(f"the API version in the data ({api_version}) does not match the expected API "
                               f"version ({rt.api_version})")
         body["kind"], body["apiVersion"] = rt.kind, rt.api_version
+        if not rt.custom:
+            _drop_nulls(body)
         meta = body.get("metadata")
         if meta is None:
             meta = body["metadata"] = {}
@@ -222,8 +239,12 @@ class ResourceHandlers:
     def _warning_headers(warnings: list[str]) -> dict[str, str]:
         if not warnings:
             return {}
-        # Several Warning values in one header, comma-separated, as HTTP allows.
-        return {"warning": ", ".join('299 - "' + w.replace('"', '\\"') + '"' for w in warnings)}
+        # Several Warning values in one header, comma-separated, as HTTP allows; each text
+        # quoted with its control characters escaped (no line break may reach the header).
+        # The text goes out as UTF-8, as kube's does: starlette writes a header string as
+        # latin-1, so it is handed the UTF-8 bytes as latin-1 characters.
+        value = ", ".join("299 - " + go_quote(w) for w in warnings)
+        return {"warning": value.encode("utf-8", "replace").decode("latin-1")}
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -239,7 +260,8 @@ class ResourceHandlers:
     async def list(self, request: Request, rt: ResourceType, attrs: RequestAttributes, query: dict[str, str],
                    as_table: bool = False, include_object: str = "Metadata") -> Response:
         listing = parse_listing(query, rt)
-        limit = bodies.query_int(query, "limit") or 0
+        # kube pages only for a positive limit: zero or less lists everything
+        limit = max(bodies.query_int(query, "limit") or 0, 0)
         cont = query.get("continue")
         ns = attrs.namespace or None
         if cont:
@@ -250,7 +272,7 @@ class ResourceHandlers:
                 wanted = int(rv_param)
             except ValueError:
                 raise bad_request(f"invalid resource version: {rv_param}") from None
-            await self.cache.wait_fresh(wanted)
+            await self._wait_for_revision(wanted)
         elif rv_param == "":
             await self._fresh()
         revision = self.cache.revision
@@ -346,13 +368,7 @@ class ResourceHandlers:
                 after = int(rv_param)
             except ValueError:
                 raise bad_request(f"invalid resource version: {rv_param}") from None
-            try:
-                await self.cache.wait_fresh(after, timeout=3)
-            except TimeoutError:
-                raise APIError(504, f"Too large resource version: {after}, current: {self.cache.revision}",
-                               "Timeout", {"causes": [{"reason": "ResourceVersionTooLarge",
-                                                       "message": "Too large resource version"}],
-                                           "retryAfterSeconds": 1}) from None
+            await self._wait_for_revision(after)
             try:
                 watcher, first = self.cache.watch(prefix, after, wanted, key_prefix)
             except Expired as e:
@@ -432,28 +448,30 @@ class ResourceHandlers:
         meta = obj["metadata"]
         if rt.namespaced and not ns:
             raise bad_request("the server could not find the requested resource (namespace is required)")
+        # decoding (wrong types: 400) comes before every check of the values, as in kube
+        warnings = self._validate(rt, obj, mode)
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = strategy.generate_name(meta["generateName"])
         self._name_check(rt, obj)
         await self._fresh()
         self._namespace_checks(rt, ns, creating=True)
-        warnings = self._validate(rt, obj, mode)
         strategy.prepare_create(rt, obj)
         await self._admit("CREATE", rt, obj, None, attrs, dry)
         manager = _manager(request, query, "Update")
         obj = update_managed_fields(None, obj, manager, "Update", "", rt.schema_node(), format_time())
         key = rt.storage_key(ns, meta["name"])
+        headers = self._warning_headers(warnings)
         if dry:
             if self.cache.get(rt.key_prefix(None), key) is not None:
                 raise already_exists(rt.group, rt.resource, meta["name"])
-            return bodies.json_response(self._output(rt, obj), 201, self._warning_headers(warnings))
+            return bodies.json_response(self._output(rt, obj), 201, headers)
         try:
             revision = await self.datastore.create(key, encode(obj))
         except KeyExistsError:
             raise already_exists(rt.group, rt.resource, meta["name"]) from None
         self._wrote(revision)
         obj["metadata"]["resourceVersion"] = str(revision)
-        return bodies.json_response(self._output(rt, obj), 201, self._warning_headers(warnings))
+        return bodies.json_response(self._output(rt, obj), 201, headers)
 
     async def _store_update(self, rt: ResourceType, key: str, old: CachedObject, new: Obj) -> Obj:
         """CAS-write ``new`` over ``old``; a finished deletion (nothing holds it any more) deletes instead."""
@@ -605,13 +623,17 @@ class ResourceHandlers:
                 patched = apply_strategic_merge_patch(base, patch_doc, schema)
             else:
                 applied = self._check_body(rt, copy.deepcopy(patch_doc), ns, name)
+                # the applied configuration must decode as the type before it is merged
+                self._validate(rt, applied, "Ignore")
                 # An ApplyConflictError is already the 409 Status kube answers with.
                 patched = server_side_apply(base, applied, manager, schema, force, format_time())
             if not isinstance(patched, dict):
                 raise bad_request("the patch did not result in an object")
+            if not isinstance(patched.get("metadata", {}), dict):
+                raise bad_request("metadata: must be an object")
             wanted_rv = None
             if kind != "apply":
-                wanted_rv = patched.get("metadata", {}).get("resourceVersion")
+                wanted_rv = (patched.get("metadata") or {}).get("resourceVersion")
                 if wanted_rv == str(current.rv):
                     wanted_rv = None
             patched.setdefault("metadata", {})["resourceVersion"] = str(current.rv)
@@ -636,22 +658,23 @@ class ResourceHandlers:
                             query: dict[str, str], patch_doc: Any, manager: str, dry: bool, mode: str) -> Response:
         ns = attrs.namespace or None
         obj = self._check_body(rt, copy.deepcopy(patch_doc), ns, attrs.name)
+        warnings = self._validate(rt, obj, mode)
         self._name_check(rt, obj)
         self._namespace_checks(rt, ns, creating=True)
-        warnings = self._validate(rt, obj, mode)
         obj = server_side_apply(None, obj, manager, rt.schema_node(), True, format_time())
         strategy.prepare_create(rt, obj)
         await self._admit("CREATE", rt, obj, None, attrs, dry)
         key = rt.storage_key(ns, attrs.name)
+        headers = self._warning_headers(warnings)
         if dry:
-            return bodies.json_response(self._output(rt, obj), 201, self._warning_headers(warnings))
+            return bodies.json_response(self._output(rt, obj), 201, headers)
         try:
             revision = await self.datastore.create(key, encode(obj))
         except KeyExistsError:
             raise conflict(rt.group, rt.resource, attrs.name, "object was created concurrently; try again") from None
         self._wrote(revision)
         obj["metadata"]["resourceVersion"] = str(revision)
-        return bodies.json_response(self._output(rt, obj), 201, self._warning_headers(warnings))
+        return bodies.json_response(self._output(rt, obj), 201, headers)
 
     async def delete(self, request: Request, rt: ResourceType, attrs: RequestAttributes, query: dict[str, str],
                      body: bytes) -> Response:
@@ -776,6 +799,20 @@ def _removal_blocked(rt: ResourceType, obj: Obj) -> bool:
     if meta.get("finalizers") or meta.get("deletionGracePeriodSeconds"):
         return True
     return (rt.group, rt.resource) == ("", "namespaces") and bool((obj.get("spec") or {}).get("finalizers"))
+
+
+def _drop_nulls(obj: Obj) -> None:
+    """Remove the null fields of a built-in object, at every depth: Go decodes a null into a
+    nil or zero field, so none reaches kube's storage (the strategies rely on that too)."""
+    stack: list[Any] = [obj]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key in [k for k, v in node.items() if v is None]:
+                del node[key]
+            stack.extend(v for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, dict | list))
 
 
 class _Retry(Exception):

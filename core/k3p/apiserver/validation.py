@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from k3p.apiserver import schemas
+from k3p.selectors import go_quote
 
 Mode = Literal["Strict", "Warn", "Ignore"]
 MODES: tuple[str, ...] = ("Strict", "Warn", "Ignore")
@@ -70,13 +71,13 @@ class ValidationResult:
         """The 400 BadRequest message for unknown fields in Strict mode, else None."""
         if self.mode != "Strict" or not self.unknown_fields:
             return None
-        return "strict decoding error: " + ", ".join(f'unknown field "{p}"' for p in self.unknown_fields)
+        return "strict decoding error: " + ", ".join(f"unknown field {go_quote(p)}" for p in self.unknown_fields)
 
     def warnings(self) -> list[str]:
         """One ``Warning`` header text per unknown field in Warn mode."""
         if self.mode != "Warn":
             return []
-        return [f'unknown field "{p}"' for p in self.unknown_fields]
+        return [f"unknown field {go_quote(p)}" for p in self.unknown_fields]
 
     def decode_error(self, kind: str, version: str) -> str | None:
         """kube's 400 message when a built-in body cannot be decoded, else None.
