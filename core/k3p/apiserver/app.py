@@ -75,7 +75,6 @@ _NAMESPACE_OK_CONDITIONS = (
 )
 
 
-
 class CacheRBACSource:
     """RBAC objects straight from the watch cache; its version changes with every RBAC write."""
 

@@ -33,6 +33,7 @@ from k3p.apiserver.patch import (
 )
 from k3p.apiserver.registry import ResourceType
 from k3p.apiserver.request_info import RequestAttributes
+from k3p.apiserver.validation import drop_typed_nulls
 from k3p.apiserver.watchcache import WATCH_WRITE_BYTES, CachedObject, Expired, WatchCache, WatchEvent, encode
 from k3p.client.objects import format_time
 from k3p.protocols.datastore import CompactedError, ConflictError, Datastore, KeyExistsError, NotFoundError
@@ -196,7 +197,7 @@ class ResourceHandlers:
                               f"version ({rt.api_version})")
         body["kind"], body["apiVersion"] = rt.kind, rt.api_version
         if not rt.custom:
-            _drop_nulls(body)
+            drop_typed_nulls(body, rt.schema_node())
         meta = body.get("metadata")
         if meta is None:
             meta = body["metadata"] = {}
@@ -799,20 +800,6 @@ def _removal_blocked(rt: ResourceType, obj: Obj) -> bool:
     if meta.get("finalizers") or meta.get("deletionGracePeriodSeconds"):
         return True
     return (rt.group, rt.resource) == ("", "namespaces") and bool((obj.get("spec") or {}).get("finalizers"))
-
-
-def _drop_nulls(obj: Obj) -> None:
-    """Remove the null fields of a built-in object, at every depth: Go decodes a null into a
-    nil or zero field, so none reaches kube's storage (the strategies rely on that too)."""
-    stack: list[Any] = [obj]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            for key in [k for k, v in node.items() if v is None]:
-                del node[key]
-            stack.extend(v for v in node.values() if isinstance(v, dict | list))
-        elif isinstance(node, list):
-            stack.extend(v for v in node if isinstance(v, dict | list))
 
 
 class _Retry(Exception):

@@ -292,3 +292,31 @@ def validate(obj: Any, schema: dict[str, Any], mode: str = "Strict", *, builtin:
     node: dict[str, Any] = {"$ref": "#/$defs/" + definition} if definition else schema
     _Walker(result, collect_unknown=mode != "Ignore").walk(obj, node, "", "", None, builtin)
     return result
+
+
+def drop_typed_nulls(obj: dict[str, Any], schema: dict[str, Any] | None) -> None:
+    """Remove the null fields of a built-in object where its schema gives the field a type.
+
+    Go decodes a null into a nil or zero field, so none reaches kube's storage (the
+    strategies rely on that too). Free-form parts (RawExtension such as a ControllerRevision's
+    ``data``, JSON values, preserved unknown fields) keep their nulls, as Go keeps their bytes.
+    """
+    if schema is None:
+        return
+    stack: list[tuple[Any, dict[str, Any]]] = [(obj, schema)]
+    while stack:
+        value, node = stack.pop()
+        node = _resolve(node)[0]
+        if isinstance(value, dict):
+            props = node.get("properties")
+            extra = node.get("additionalProperties")
+            if props:
+                for key in [k for k, v in value.items() if v is None and k in props]:
+                    del value[key]
+                stack.extend((v, props[k]) for k, v in value.items() if k in props and isinstance(v, dict | list))
+            elif isinstance(extra, dict) and extra:
+                stack.extend((v, extra) for v in value.values() if isinstance(v, dict | list))
+        elif isinstance(value, list) and isinstance(node.get("items"), dict):
+            items = node["items"]
+            stack.extend((v, items) for v in value if isinstance(v, dict | list))
+
