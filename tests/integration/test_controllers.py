@@ -141,47 +141,84 @@ class FakeKubelet:
         if status.get("phase") == "Pending" and not status.get("podIP"):
             await self.set_running(pod, self.ready(pod))
 
+    async def _update_status(self, name: str, change: Callable[[Obj], bool | None]) -> Obj:
+        """Read the pod, ``change`` its status, write it; again on a conflict, as a kubelet does.
+
+        The worker and the test both write pods' status: whichever loses a race retries on the
+        fresh object. ``change`` returns False while the pod is not ready for it yet, and None
+        when there is nothing left to do.
+        """
+        for _ in range(100):
+            pod = await self.client.get(PODS, name, self.namespace)
+            wanted = change(pod)
+            if wanted is None:
+                return pod
+            if wanted:
+                try:
+                    return await self.client.update_status(PODS, pod)
+                except ApiError as e:
+                    if not e.conflict:
+                        raise
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"could not update the status of pod {name}")
+
     async def set_running(self, pod: Obj, ready: bool) -> Obj:
         ip = f"10.42.0.{next(self.ips)}"
         now = format_time()
         flag = "True" if ready else "False"
-        fresh = await self.client.get(PODS, pod["metadata"]["name"], self.namespace)
-        fresh["status"].update({
-            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "192.0.2.1", "startTime": now,
-            "conditions": [
-                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
-                {"type": "Initialized", "status": "True", "lastTransitionTime": now},
-                {"type": "ContainersReady", "status": flag, "lastTransitionTime": now},
-                {"type": "Ready", "status": flag, "lastTransitionTime": now},
-            ],
-            "containerStatuses": [{"name": c["name"], "image": c["image"], "imageID": "", "ready": ready,
-                                   "restartCount": 0, "started": True,
-                                   "state": {"running": {"startedAt": now}}} for c in fresh["spec"]["containers"]],
-        })
-        return await self.client.update_status(PODS, fresh)
+
+        def running(fresh: Obj) -> bool | None:
+            if fresh["status"].get("podIP"):
+                return None  # started meanwhile (the test set it up itself)
+            fresh["status"].update({
+                "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "192.0.2.1", "startTime": now,
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                    {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+                    {"type": "ContainersReady", "status": flag, "lastTransitionTime": now},
+                    {"type": "Ready", "status": flag, "lastTransitionTime": now},
+                ],
+                "containerStatuses": [{"name": c["name"], "image": c["image"], "imageID": "", "ready": ready,
+                                       "restartCount": 0, "started": True,
+                                       "state": {"running": {"startedAt": now}}}
+                                      for c in fresh["spec"]["containers"]],
+            })
+            return True
+
+        return await self._update_status(pod["metadata"]["name"], running)
 
     async def set_ready(self, name: str, ready: bool) -> Obj:
-        pod = await self.client.get(PODS, name, self.namespace)
         flag = "True" if ready else "False"
-        for cond in pod["status"]["conditions"]:
-            if cond["type"] in ("Ready", "ContainersReady"):
-                cond["status"] = flag
-                cond["lastTransitionTime"] = format_time()
-        return await self.client.update_status(PODS, pod)
+
+        def readiness(pod: Obj) -> bool:
+            conditions = pod["status"].get("conditions")
+            if not conditions:
+                return False  # not running yet: the worker starts it first
+            for cond in conditions:
+                if cond["type"] in ("Ready", "ContainersReady"):
+                    cond["status"] = flag
+                    cond["lastTransitionTime"] = format_time()
+            return True
+
+        return await self._update_status(name, readiness)
 
     async def finish(self, name: str, phase: str = "Succeeded") -> Obj:
-        pod = await self.client.get(PODS, name, self.namespace)
         now = format_time()
-        pod["status"]["phase"] = phase
-        for cond in pod["status"].get("conditions") or []:
-            if cond["type"] in ("Ready", "ContainersReady"):
-                cond["status"] = "False"
-        pod["status"]["containerStatuses"] = [
-            {"name": c["name"], "image": c["image"], "imageID": "", "ready": False, "restartCount": 0,
-             "state": {"terminated": {"exitCode": 0 if phase == "Succeeded" else 1, "finishedAt": now,
-                                      "startedAt": now, "reason": "Completed" if phase == "Succeeded" else "Error"}}}
-            for c in pod["spec"]["containers"]]
-        return await self.client.update_status(PODS, pod)
+
+        def finished(pod: Obj) -> bool:
+            pod["status"]["phase"] = phase
+            for cond in pod["status"].get("conditions") or []:
+                if cond["type"] in ("Ready", "ContainersReady"):
+                    cond["status"] = "False"
+            pod["status"]["containerStatuses"] = [
+                {"name": c["name"], "image": c["image"], "imageID": "", "ready": False, "restartCount": 0,
+                 "state": {"terminated": {"exitCode": 0 if phase == "Succeeded" else 1, "finishedAt": now,
+                                          "startedAt": now,
+                                          "reason": "Completed" if phase == "Succeeded" else "Error"}}}
+                for c in pod["spec"]["containers"]]
+            return True
+
+        return await self._update_status(name, finished)
 
 
 def deployment(name: str, ns: str, replicas: int, image: str, **strategy: Any) -> Obj:
