@@ -98,6 +98,9 @@ if [ "$with_tests" = 1 ]; then
   packages+=(containerd runc containernetworking-plugins busybox-static etcd-server etcd-client wrk
              postgresql mariadb-server)
 fi
+# `k3p kubectl` needs a kubectl: one already on PATH is kept (a newer one is better, see
+# README); otherwise Debian's, which is old but enough for everyday commands.
+command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
