@@ -60,6 +60,9 @@ async def drain(request: Request) -> None:
     An answer sent before the client has sent all of its body, on a connection closed with
     that body still unread, is lost: the close resets the connection and the client's TCP
     stack throws the answer away. Go's server reads what is left for the same reason."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > MAX_BODY:
+        return  # too big to wait for: answered at once, and the connection is closed unread
     seen = 0
     try:
         async for chunk in request.stream():

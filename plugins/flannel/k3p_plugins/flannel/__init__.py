@@ -99,10 +99,11 @@ def k3p_check_config(config: Config, report: CheckReport, runs_node: bool) -> No
             report.ok("vxlan", "kernel VXLAN support present")
         else:
             report.warn("vxlan", "no VXLAN support found in the kernel: use --flannel-backend host-gw or none")
-        from k3p_plugins.flannel.backends import VXLAN_DEVICE, VXLAN_PORT
+        from k3p_plugins.flannel.backends import VXLAN_DEVICE, VXLAN_PORT, has_link
 
-        # an earlier run's flannel.1 holds the port itself and is adopted at start
-        if not Path("/sys/class/net", VXLAN_DEVICE).exists():
+        # An earlier run's flannel.1 holds the port itself and is adopted at start. Asked of
+        # this network namespace: /sys may be another namespace's (nsenter --net keeps it).
+        if not has_link(VXLAN_DEVICE):
             from k3p.checks import check_port
 
             check_port(report, VXLAN_PORT, "--flannel-backend host-gw", "flannel VXLAN", udp=True)

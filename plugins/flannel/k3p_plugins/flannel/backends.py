@@ -38,6 +38,18 @@ log = structlog.get_logger(__name__)
 VXLAN_DEVICE = f"flannel.{DEFAULT_VNI}"
 #: Linux's (and flannel's) VXLAN port; the IANA one, 4789, is not what K3s clusters use
 VXLAN_PORT = 8472
+
+
+def has_link(name: str) -> bool:
+    """Whether this network namespace has a link ``name`` (asked of the kernel, not of /sys,
+    which may show another namespace's links after ``nsenter --net``)."""
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
 #: the route protocol of this plugin's routes (unassigned in iproute2's rt_protos)
 ROUTE_PROTO = 107
 MAIN_TABLE = 254
