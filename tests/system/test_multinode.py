@@ -40,6 +40,11 @@ def test_nodes_get_distinct_pod_cidrs_and_pods_talk_over_vxlan(cluster: Cluster)
     nodes = {n["metadata"]["name"]: n for n in cluster.json("nodes")["items"]}
     cidrs = {name: n["spec"]["podCIDR"] for name, n in nodes.items()}
     assert len(set(cidrs.values())) == 3, cidrs
+    # each node's range is given once: a second one would move its pod network away from
+    # the routes the other nodes built for the first
+    assigned = [json.loads(line)["node"] for line in cluster.server.logs().splitlines()
+                if '"pod range assigned"' in line]
+    assert sorted(assigned) == sorted(cidrs), assigned
     annotations = nodes["b"]["metadata"]["annotations"]
     assert annotations["flannel.alpha.coreos.com/backend-type"] == "vxlan"
     assert annotations["flannel.alpha.coreos.com/public-ip"] == cluster.nodes["b"].ip

@@ -59,3 +59,6 @@ def test_first_start_with_a_node_is_quiet_and_ends_ready() -> None:
     assert last_component < ready[0]
     line = logged[ready[0]]
     assert line["kubeconfig"] == str(server.kubeconfig) and line["node"]
+    # one pod range per node, given once: a second one would move the node's pod network
+    assigned = [r for r in logged if r.get("event") == "pod range assigned"]
+    assert [r["node"] for r in assigned] == [line["node"]], assigned
