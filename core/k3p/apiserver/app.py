@@ -514,7 +514,9 @@ class APIServer:
 
     async def _serve(self, request: Request) -> Response:
         response = await self.handle(request)
-        await bodies.drain(request)
+        if response.status_code != 413:
+            # a body refused as too large is not waited for, whatever limit refused it
+            await bodies.drain(request)
         return response
 
     async def handle(self, request: Request) -> Response:

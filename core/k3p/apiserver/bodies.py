@@ -38,18 +38,27 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def _declared_length(request: Request) -> int | None:
+    length = request.headers.get("content-length")
+    return int(length) if length and length.isdigit() else None
+
+
+def _too_large() -> APIError:
+    return APIError(413, "the server has received too large of a request body", "RequestEntityTooLarge")
+
+
 async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
     """The request's body; 413 RequestEntityTooLarge, without reading it, when its Content-Length
     says it is larger than ``limit``, and as soon as more than ``limit`` bytes have arrived."""
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
-        raise APIError(413, "the server has received too large of a request body", "RequestEntityTooLarge")
+    declared = _declared_length(request)
+    if declared is not None and declared > limit:
+        raise _too_large()
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise APIError(413, "the server has received too large of a request body", "RequestEntityTooLarge")
+            raise _too_large()
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -60,8 +69,8 @@ async def drain(request: Request) -> None:
     An answer sent before the client has sent all of its body, on a connection closed with
     that body still unread, is lost: the close resets the connection and the client's TCP
     stack throws the answer away. Go's server reads what is left for the same reason."""
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > MAX_BODY:
+    declared = _declared_length(request)
+    if declared is not None and declared > MAX_BODY:
         return  # too big to wait for: answered at once, and the connection is closed unread
     seen = 0
     try:
