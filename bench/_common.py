@@ -20,6 +20,8 @@ from typing import Any
 
 import aiohttp
 
+from k3p.testing.memory import status_kib
+
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -213,32 +215,15 @@ class Progress:
 # --- processes ----------------------------------------------------------------------------
 
 
-def _status_kib(pid: int, field: str, path: str = "status") -> int | None:
-    try:
-        with open(f"/proc/{pid}/{path}") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def rss_bytes(pid: int) -> int | None:
-    """Resident set size of ``pid`` (VmRSS), or None once it is gone."""
-    kib = _status_kib(pid, "VmRSS")
-    return None if kib is None else kib * 1024
-
-
 def peak_rss_bytes(pid: int) -> int | None:
     """The highest resident set size ``pid`` has had (VmHWM), or None once it is gone."""
-    kib = _status_kib(pid, "VmHWM")
+    kib = status_kib(pid, "VmHWM")
     return None if kib is None else kib * 1024
 
 
 def pss_bytes(pid: int) -> int | None:
     """Proportional set size of ``pid``: shared pages divided among their sharers, so sums over processes add up."""
-    kib = _status_kib(pid, "Pss", "smaps_rollup")
+    kib = status_kib(pid, "Pss", "smaps_rollup")
     return None if kib is None else kib * 1024
 
 

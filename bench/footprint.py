@@ -36,9 +36,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import Progress, banner, mib, peak_rss_bytes, process_cpu_seconds, pss_bytes, rss_bytes
+from _common import Progress, banner, mib, peak_rss_bytes, process_cpu_seconds, pss_bytes
 
 from k3p.testing import K3pServer, descendants
+from k3p.testing.memory import rss_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 MINIMAL = (".", "plugins/datastore_sql")

@@ -37,16 +37,16 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from _common import Progress, api_session, banner, mib, peak_rss_bytes, rss_bytes
+from _common import Progress, api_session, banner, mib, peak_rss_bytes
 
 from k3p.testing import K3pServer
+from k3p.testing.memory import RssSampler, rss_bytes, status_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 ISOLATION_FLAGS = ("--disable-agent", "--disable-scheduler", "--disable-controller-manager")
@@ -58,14 +58,8 @@ progress = Progress()
 
 def anon_bytes(pid: int) -> int | None:
     """RssAnon of ``pid``: its resident memory without file mappings."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    kib = status_kib(pid, "RssAnon")
+    return None if kib is None else kib * 1024
 
 
 @dataclass
@@ -83,29 +77,6 @@ class Result:
     ended: int = 0
     watchers: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-class Sampler:
-    """The highest RSS of a process, sampled from a thread every ``interval`` seconds."""
-
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        self.pid, self.interval, self.peak = pid, interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes(self.pid) or 0)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_bytes(self.pid) or 0)
 
 
 def configmap(name: str, value_size: int, fill: str) -> bytes:
@@ -191,7 +162,7 @@ async def unread_watches(server: K3pServer, pid: int, watchers: int, writes: int
         result.watch_before = rss_bytes(pid) or 0
         body = [configmap(f"small-{i}", SMALL_VALUE, "c") for i in range(writes)]
         began = time.perf_counter()
-        with Sampler(pid) as sampler:
+        with RssSampler(pid) as sampler:
             queue: asyncio.Queue[bytes] = asyncio.Queue()
             for b in body:
                 queue.put_nowait(b)

@@ -66,11 +66,11 @@ from _common import (
     process_cpu_seconds,
     process_name,
     pss_bytes,
-    rss_bytes,
     watch_events,
 )
 
 from k3p.testing import K3pServer, descendants
+from k3p.testing.memory import rss_bytes
 from k3p.testing.process import pid_alive
 from k3p_plugins.containerd.ocibuild import build_busybox_image
 

@@ -22,6 +22,7 @@ import pytest
 
 from k3p.pki import parse_token
 from k3p.testing import K3pServer
+from k3p.testing.memory import status_kib
 
 CM_URL = "/api/v1/namespaces/default/configmaps"
 HEADER_TIMEOUT = 3
@@ -352,10 +353,9 @@ IDLE_ADDRESSES = 6
 
 
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no {field} for {pid}")
+    kib = status_kib(pid, field)
+    assert kib is not None, f"no {field} for {pid}"
+    return kib / 1024
 
 
 def count_open(socks: list[socket.socket]) -> int:

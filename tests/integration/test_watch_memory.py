@@ -14,50 +14,19 @@ import itertools
 import json
 import socket
 import ssl
-import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
 from k3p.testing import K3pServer
+from k3p.testing.memory import RssSampler
 
 NS = "watch-memory"
 CMS = f"/api/v1/namespaces/{NS}/configmaps"
 #: the server's RSS (VmRSS) the slow-watcher run must stay under
 RSS_LIMIT = 400 * 2**20
 LAST_CHUNK = b"\r\n0\r\n\r\n"
-
-
-def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-class RssSampler:
-    """The highest RSS of a process, read every 50 ms from a thread."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.peak, self.samples = pid, 0, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss(self.pid))
-            self.samples += 1
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def configmap(name: str, size: int) -> dict:
