@@ -494,6 +494,13 @@ async def test_node_ipam_gives_distinct_ranges(server: K3pServer, client: Client
         await client.create(NODES, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "ipam-e"}})
         await asyncio.sleep(1)
         assert not (await client.get(NODES, "ipam-e")).get("spec", {}).get("podCIDR")
+        # updates of the waiting node (a kubelet's status reports) neither retry nor repeat the event
+        for i in range(5):
+            await client.patch(NODES, "ipam-e", {"metadata": {"labels": {"beat": str(i)}}})
+        await asyncio.sleep(1)
+        events = [e for e in (await client.list(EVENTS, "default"))["items"]
+                  if e["involvedObject"].get("name") == "ipam-e" and e["reason"] == "CIDRNotAvailable"]
+        assert [e.get("count") for e in events] == [1]
         await client.delete(NODES, "ipam-a")
 
         async def fifth() -> str | None:

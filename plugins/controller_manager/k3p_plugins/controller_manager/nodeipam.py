@@ -102,6 +102,8 @@ class NodeIpamController(BaseController):
         self.sets = cidr_sets(self.options.cluster_cidr, self.options.node_cidr_mask_size_ipv4,
                               self.options.node_cidr_mask_size_ipv6)
         self.assigned: dict[str, list[str]] = {}
+        #: nodes told that no range is left: they wait, without retries, until one is freed
+        self.waiting: set[str] = set()
         self.nodes = self.informers.informer(NODES)
         self.nodes.add_listener(self._on_node)
 
@@ -115,15 +117,21 @@ class NodeIpamController(BaseController):
     def _on_node(self, type_: str, node: Obj, _old: Obj | None) -> None:
         name = name_of(node)
         if type_ == "DELETED":
-            for cidr in self.assigned.pop(name, []):
+            self.waiting.discard(name)
+            freed = self.assigned.pop(name, [])
+            for cidr in freed:
                 for s in self.sets:
                     s.release(cidr)
+            if freed:
+                for waiting in sorted(self.waiting):
+                    self.queue.add(waiting)
             return
         cidrs = (node.get("spec") or {}).get("podCIDRs") or (
             [node["spec"]["podCIDR"]] if (node.get("spec") or {}).get("podCIDR") else [])
         if cidrs:
+            self.waiting.discard(name)
             self._occupy(name, cidrs)
-        else:
+        elif name not in self.waiting:  # a waiting node's status updates change nothing
             self.queue.add(name)
 
     async def reconcile(self, key: str) -> None:
@@ -139,10 +147,16 @@ class NodeIpamController(BaseController):
             for s in self.sets:
                 allocated.append(s.allocate())
         except CIDRExhausted as e:
+            # One event and one warning per node, then it waits for a freed range: retrying
+            # with back-off would only repeat them (thousands a minute with many nodes).
             self._release(allocated)
-            self.record(node, "Normal", "CIDRNotAvailable", f"Node {key} status is now: CIDRNotAvailable")
-            log.warning("no pod range left for node", node=key, error=str(e))
-            raise
+            if key not in self.waiting:
+                self.waiting.add(key)
+                self.record(node, "Normal", "CIDRNotAvailable", f"Node {key} status is now: CIDRNotAvailable")
+                log.warning("no pod range left for node; it waits until a node with one is deleted",
+                            node=key, error=str(e), waiting=len(self.waiting))
+            return
+        self.waiting.discard(key)
         try:
             await self.client.patch(NODES, key, {"spec": {"podCIDR": allocated[0], "podCIDRs": allocated}})
         except ApiError as e:
