@@ -56,3 +56,12 @@ def configure(debug: bool = False, json: bool | None = None) -> None:
     # uvicorn's "Started server process" and "Uvicorn running on" come once per listener
     # (API server, kubelet) with the same PID: start-up noise, k3p's own lines say what listens.
     logging.getLogger("uvicorn.error").setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+def error_text(error: BaseException) -> str:
+    """An exception as one line for a log field or message; never empty.
+
+    Timeouts and cancelled connections often carry no message: their type is then the
+    only thing that says what went wrong.
+    """
+    return str(error) or type(error).__name__

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from k3p import pki as pki_mod
+from k3p.log import error_text
 
 #: the header a joining node sends its node password in
 PASSWORD_HEADER = "K3p-Node-Password"
@@ -46,7 +47,7 @@ async def fetch_ca(server_url: str, token: str) -> bytes:
         async with httpx.AsyncClient(verify=False, timeout=10) as http:
             r = await http.get(f"{server_url}/cacerts")
     except httpx.HTTPError as e:
-        raise JoinError(f"cannot reach the server at {server_url}: {e or type(e).__name__}") from None
+        raise JoinError(f"cannot reach the server at {server_url}: {error_text(e)}") from None
     if r.status_code != 200:
         raise JoinError(f"the server at {server_url} did not hand out its CA (HTTP {r.status_code})")
     wanted = pki_mod.parse_token(token).ca_hash
@@ -106,7 +107,7 @@ async def join(server_url: str, token: str, node_name: str, folder: Path,
             cluster = await http.get("/v1-k3p/config")
             cluster.raise_for_status()
     except httpx.HTTPError as e:
-        raise JoinError(f"cannot reach the server at {server_url}: {e or type(e).__name__}") from None
+        raise JoinError(f"cannot reach the server at {server_url}: {error_text(e)}") from None
     data = creds.json()
     cert_file, key_file = folder / f"client-kubelet-{node_name}.crt", folder / f"client-kubelet-{node_name}.key"
     pki_mod.write_private(key_file, data["key"].encode())
@@ -146,7 +147,7 @@ def component_credentials(creds: NodeCredentials, component: str, folder: Path) 
                           timeout=15) as http:
             r = http.post("/v1-k3p/component-credentials", json={"component": component})
     except httpx.HTTPError as e:
-        raise JoinError(f"cannot reach the server at {creds.server_url}: {e or type(e).__name__}") from None
+        raise JoinError(f"cannot reach the server at {creds.server_url}: {error_text(e)}") from None
     if r.status_code != 200:
         raise JoinError(f"the server refused credentials for component {component!r}: {_refusal(r)}")
     data = r.json()

@@ -28,6 +28,7 @@ import structlog
 from k3p.client import ApiError, Client, InformerFactory
 from k3p.client.objects import format_micro_time, format_time
 from k3p.client.resources import LEASES, NODES
+from k3p.log import error_text
 from k3p.protocols.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -252,9 +253,9 @@ class NodeAgent:
                 self.registered.set()
                 return node
             except ApiError as e:
-                log.warning("node registration failed; retrying", node=self.name, error=str(e))
+                log.warning("node registration failed; retrying", node=self.name, error=error_text(e))
             except Exception as e:  # the server may be restarting
-                log.info("node registration failed; retrying", node=self.name, error=str(e))
+                log.info("node registration failed; retrying", node=self.name, error=error_text(e))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 7)
 
@@ -425,7 +426,7 @@ class NodeAgent:
             try:
                 await self.runtime.update_runtime_config(cidr)
             except Exception as e:
-                log.warning("runtime did not take the podCIDR", node=self.name, error=str(e))
+                log.warning("runtime did not take the podCIDR", node=self.name, error=error_text(e))
 
     async def run(self, ready: Callable[[], None]) -> None:
         """Register, then keep the status and the Lease fresh until cancelled."""
@@ -456,7 +457,7 @@ class NodeAgent:
                 await self.renew_lease()
                 return
             except Exception as e:
-                log.warning("node status not written; retrying", node=self.name, error=str(e))
+                log.warning("node status not written; retrying", node=self.name, error=error_text(e))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 7)
 
@@ -466,7 +467,7 @@ class NodeAgent:
             try:
                 await self.renew_lease()
             except Exception as e:
-                log.warning("lease not renewed", node=self.name, error=str(e))
+                log.warning("lease not renewed", node=self.name, error=error_text(e))
                 self._lease = None
 
     async def _status_loop(self) -> None:
@@ -483,9 +484,9 @@ class NodeAgent:
                     await self.register()
                     await self.report_status(force=True)
                 else:
-                    log.warning("node status not written", node=self.name, error=str(e))
+                    log.warning("node status not written", node=self.name, error=error_text(e))
             except Exception as e:
-                log.warning("node status not written", node=self.name, error=str(e))
+                log.warning("node status not written", node=self.name, error=error_text(e))
 
 
 def _uuid(hex_text: str) -> str:

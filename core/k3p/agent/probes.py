@@ -21,6 +21,7 @@ import httpx
 import structlog
 
 from k3p.agent.podspec import resolve_port
+from k3p.log import error_text
 from k3p.protocols.runtime import Runtime, RuntimeError_
 
 log = structlog.get_logger(__name__)
@@ -103,7 +104,7 @@ async def _http_get(spec: Obj, target: ActionTarget, timeout: float) -> Outcome:
         return Outcome(False, f'Get "{url}": context deadline exceeded (Client.Timeout exceeded while awaiting '
                               'headers)')
     except httpx.HTTPError as e:
-        return Outcome(False, f'Get "{url}": {e or type(e).__name__}')
+        return Outcome(False, f'Get "{url}": {error_text(e)}')
     # kube: 2xx and 3xx succeed (a redirect elsewhere is a success with a warning)
     if 200 <= code < 400:
         return Outcome(True)

@@ -17,6 +17,7 @@ from k3p.client import Client
 from k3p.config import Config, ConfigError
 from k3p.context import PluginContext
 from k3p.datadir_lock import hold_data_dir
+from k3p.log import error_text
 from k3p.plugins import PluginManager
 from k3p.protocols.runtime import Runtime
 from k3p.supervisor import Component, Supervisor, TaskComponent
@@ -208,6 +209,6 @@ class NodePlugins:
             try:
                 settings = await fetch_cluster_settings(creds)
             except (httpx.HTTPError, ValueError) as e:
-                log.debug("cannot read the cluster settings; trying again", error=str(e) or type(e).__name__)
+                log.debug("cannot read the cluster settings; trying again", error=error_text(e))
                 continue
             await self.apply(supervisor, settings.get("disabledPlugins") or ())
