@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import subprocess
 import sys
 import time
 
+import httpx
 import pytest
 
+from k3p.agent.run import reserve_hollow_kubelet_port
 from k3p.testing import HollowNodes, K3pServer, free_port, wait_for
 
 
@@ -165,3 +169,38 @@ def test_component_credentials_need_the_token(server: K3pServer) -> None:
         proxy = http.post(url, json={"component": "kube-proxy"}, auth=("node", secret)).json()
         assert "CN=system:kube-proxy" == x509.load_pem_x509_certificate(
             proxy["certificate"].encode()).subject.rfc4514_string()
+
+
+def test_hollow_kubelet_ports_stay_reserved_until_served() -> None:
+    reserved = reserve_hollow_kubelet_port()
+    try:
+        port = reserved.getsockname()[1]
+        with socket.socket() as other:  # what another agent's listener does with a port it was given
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError) as e:
+                other.bind(("127.0.0.1", port))
+            assert e.value.errno == errno.EADDRINUSE
+    finally:
+        reserved.close()
+
+
+def test_two_simulating_agents_get_distinct_kubelet_ports(server: K3pServer, tmp_path) -> None:
+    agents = [HollowNodes(server, tmp_path / name, 5, name) for name in ("left", "right")]
+    names = [f"{a}-{i}" for a in ("left", "right") for i in range(5)]
+    try:
+        def ports() -> dict[str, str] | None:
+            out = server.kubectl("get", "nodes", "-o", "jsonpath={range .items[*]}{.metadata.name}="
+                                 "{.status.daemonEndpoints.kubeletEndpoint.Port}={.status.conditions[-1:].status}"
+                                 "{\"\\n\"}{end}").stdout
+            found = {n: p for n, p, ready in (line.split("=") for line in out.split()) if ready == "True"}
+            return found if all(n in found for n in names) else None
+
+        found = wait_for(ports, timeout=90)
+        assert len({found[n] for n in names}) == len(names)
+        assert all(a.proc.poll() is None for a in agents)
+        for n in names:  # each node's own kubelet answers on its port
+            assert httpx.get(f"https://127.0.0.1:{found[n]}/healthz", verify=False).text == "ok"
+    finally:
+        for a in agents:
+            a.stop()
+        server.kubectl("delete", "node", *names, "--ignore-not-found")

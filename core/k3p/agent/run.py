@@ -62,21 +62,17 @@ def runtime_for(config: Config, plugins: PluginManager) -> Runtime:
     return runtime
 
 
-_ports_taken: set[int] = set()
+def reserve_hollow_kubelet_port() -> socket.socket:
+    """A loopback socket bound to a port of its own for one hollow node's kubelet.
 
-
-def kubelet_port_for_hollow_node() -> int:
-    """A free loopback port not already given to another hollow node of this process.
-
-    The kernel may hand out a just-released port again, so the ports given out are kept.
+    The socket stays bound until the kubelet serves on it: a port merely found free could
+    be taken by another ``k3p agent --simulate`` process (or handed out again by the kernel)
+    before the kubelet binds it, which ended the whole agent.
     """
-    from k3p.ports import free_port
-
-    while True:
-        port = free_port()
-        if port not in _ports_taken:
-            _ports_taken.add(port)
-            return port
+    sock = socket.socket()
+    # no SO_REUSEADDR: on Linux that would let another such socket bind the same port
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 async def node_components(config: Config, plugins: PluginManager, name: str, creds: NodeCredentials,
@@ -86,14 +82,15 @@ async def node_components(config: Config, plugins: PluginManager, name: str, cre
 
     runtime = runtime_for(config, plugins)
     # Hollow nodes share this host: each gets its own kubelet port on loopback.
-    host, port = ("127.0.0.1", kubelet_port_for_hollow_node()) if simulated else ("0.0.0.0", config.get("kubelet_port"))
+    bound = reserve_hollow_kubelet_port() if simulated else None
+    host, port = ("127.0.0.1", bound.getsockname()[1]) if bound else ("0.0.0.0", config.get("kubelet_port"))
     overrides = {"kubelet_port": port, **({"node_ip": "127.0.0.1"} if simulated else {})}
     assert creds.serving_cert_file and creds.serving_key_file and creds.client_ca_file
     return [
         *agent_components(client_factory(creds), runtime, name, config, folder, cluster=creds.cluster,
                           node_overrides=overrides),
         kubelet_server_component(runtime, name, host=host, port=port, certfile=creds.serving_cert_file,
-                                 keyfile=creds.serving_key_file, client_ca=creds.client_ca_file),
+                                 keyfile=creds.serving_key_file, client_ca=creds.client_ca_file, bound=bound),
     ]
 
 

@@ -8,6 +8,7 @@ cluster's client CA whose user is ``system:kube-apiserver`` or in ``system:maste
 from __future__ import annotations
 
 import datetime as dt
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,9 @@ def kubelet_app(runtime: Runtime, node_name: str) -> FastAPI:
 
 
 def kubelet_server_component(runtime: Runtime, node_name: str, *, host: str, port: int, certfile: Path,
-                             keyfile: Path, client_ca: Path) -> Component:
-    """The kubelet endpoint of one node as a component (``kubelet-api-<node>``)."""
+                             keyfile: Path, client_ca: Path, bound: socket.socket | None = None) -> Component:
+    """The kubelet endpoint of one node as a component (``kubelet-api-<node>``); ``bound``: the
+    socket reserved for it (hollow nodes), else it binds ``host``:``port``."""
     from k3p.apiserver.auth import CertHttpToolsProtocol, CertWebSocketProtocol
     from k3p.apiserver.listener import serve_https
 
@@ -145,6 +147,8 @@ def kubelet_server_component(runtime: Runtime, node_name: str, *, host: str, por
 
     async def run(ready: Ready) -> None:
         await serve_https(app, host=host, port=port, certfile=certfile, keyfile=keyfile, client_ca=client_ca,
-                          ready=ready, http=CertHttpToolsProtocol, ws=CertWebSocketProtocol)
+                          ready=ready, http=CertHttpToolsProtocol, ws=CertWebSocketProtocol,
+                          # a restart binds the port again: the reserved socket closed with the first run
+                          bound=bound if bound is not None and bound.fileno() != -1 else None)
 
     return TaskComponent(f"kubelet-api-{node_name}", run)

@@ -240,10 +240,11 @@ class ConnectionGate:
         return None
 
     def listen(self, host: str | None, port: int, backlog: int,
-               make_protocol: Callable[[], asyncio.Protocol]) -> GatedListener:
-        """Listen on ``host``:``port``; each admitted connection gets a protocol from ``make_protocol``
-        once its TLS handshake is done."""
-        listener = GatedListener(self, _listening_sockets(host, port, backlog), make_protocol)
+               make_protocol: Callable[[], asyncio.Protocol], bound: socket.socket | None = None) -> GatedListener:
+        """Listen on ``host``:``port`` (or on the already ``bound`` socket); each admitted
+        connection gets a protocol from ``make_protocol`` once its TLS handshake is done."""
+        sockets = [_listening(bound, backlog)] if bound is not None else _listening_sockets(host, port, backlog)
+        listener = GatedListener(self, sockets, make_protocol)
         listener.start()
         return listener
 
@@ -268,6 +269,12 @@ def _listening_sockets(host: str | None, port: int, backlog: int) -> list[socket
             sock.close()
         raise
     return found
+
+
+def _listening(sock: socket.socket, backlog: int) -> socket.socket:
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
 
 
 #: connections accepted per wake-up of a listening socket, so that a flood does not starve the rest

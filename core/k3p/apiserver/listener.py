@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Generator
 from pathlib import Path
@@ -30,9 +31,10 @@ class _EmbeddedServer(uvicorn.Server):
     """uvicorn without its own signal handling (k3p's supervisor decides when to stop), and
     with connections accepted by a ConnectionGate instead of the event loop's server."""
 
-    def __init__(self, config: uvicorn.Config, gate: ConnectionGate) -> None:
+    def __init__(self, config: uvicorn.Config, gate: ConnectionGate, bound: socket.socket | None = None) -> None:
         super().__init__(config)
         self.gate = gate
+        self.bound = bound
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -46,7 +48,7 @@ class _EmbeddedServer(uvicorn.Server):
             return config.http_protocol_class(  # type: ignore[call-arg]
                 config=config, server_state=self.server_state, app_state=self.lifespan.state)
 
-        listener = self.gate.listen(config.host, config.port, config.backlog, create_protocol)
+        listener = self.gate.listen(config.host, config.port, config.backlog, create_protocol, self.bound)
         self.servers = [listener]  # type: ignore[list-item]  # close() and wait_closed() are all uvicorn uses
         host, port = listener.sockets[0].getsockname()[:2]
         logging.getLogger("uvicorn.error").info("Uvicorn running on https://%s:%d", host, port)
@@ -71,6 +73,7 @@ async def serve_https(
     http: Any = "auto",
     ws: Any = None,
     limits: ConnectionLimits | None = None,
+    bound: socket.socket | None = None,
 ) -> None:
     """Serve ``app`` until cancelled; ``ready()`` once the socket accepts connections.
 
@@ -79,7 +82,8 @@ async def serve_https(
     WebSocket requests too (``ws`` defaults to a protocol that puts it there). ``limits``
     (default: :class:`ConnectionLimits`' defaults) bound the connections; the header
     limits apply with an HTTP protocol built on ``RequestHeaderLimits`` (k3p's
-    ``CertHttpToolsProtocol``).
+    ``CertHttpToolsProtocol``). ``bound``: a socket already bound to the port (held since the
+    port was chosen, so no other process can take it in between), used instead of binding.
     """
     limits = limits or ConnectionLimits()
     if ws is None:
@@ -109,7 +113,7 @@ async def serve_https(
         ws_per_message_deflate=False,
     )
     config.limits = limits
-    server = _EmbeddedServer(config, gate)
+    server = _EmbeddedServer(config, gate, bound)
     task = None
     try:
         task = asyncio.ensure_future(server.serve())
