@@ -253,8 +253,25 @@ def decode(body: bytes, content_type: str, strict: bool = False) -> Any:
 
 
 def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = doc if isinstance(doc, bytes) else json.dumps(doc, separators=(",", ":")).encode()
+    # kube-apiserver's JSON encoder ends every body with a newline; clients print it as is
+    body = doc if isinstance(doc, bytes) else json.dumps(doc, separators=(",", ":")).encode() + b"\n"
     return Response(body, status_code=status, media_type=JSON, headers=headers)
+
+
+#: what Go's encoding/json escapes in strings (its HTML-safe default); everything else
+#: non-ASCII it writes as UTF-8
+_GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                             "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def go_json(doc: Any) -> bytes:
+    """``doc`` encoded byte for byte as kube-apiserver's JSON encoder writes it.
+
+    Used for Status bodies, which clients show their users verbatim; other bodies differ
+    from it only in the escaping of non-ASCII and HTML characters, which no client sees.
+    """
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).translate(_GO_ESCAPES)
+    return text.encode() + b"\n"
 
 
 def status_response(error: APIError, headers: dict[str, str] | None = None) -> Response:
@@ -262,7 +279,7 @@ def status_response(error: APIError, headers: dict[str, str] | None = None) -> R
     if retry_after and (error.code == 429 or error.code >= 500):
         # as kube-apiserver: clients (client-go) wait this long and retry on their own
         headers = {**(headers or {}), "Retry-After": str(retry_after)}
-    return json_response(error.status(), error.code, headers)
+    return json_response(go_json(error.status()), error.code, headers)
 
 
 def success_status(details: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -41,6 +41,8 @@ class APIError(Exception):
         self.details = details
 
     def status(self) -> dict[str, Any]:
+        """The ``Status`` body, its fields in the order and with the omissions of kube-apiserver's
+        (Go's struct order, empty strings left out), which clients show their users verbatim."""
         body: dict[str, Any] = {
             "kind": "Status",
             "apiVersion": "v1",
@@ -48,11 +50,26 @@ class APIError(Exception):
             "status": "Failure",
             "message": self.message,
             "reason": self.reason,
-            "code": self.code,
         }
-        if self.details:
-            body["details"] = self.details
+        details = _ordered(self.details or {}, _DETAILS_ORDER)
+        if "causes" in details:
+            details["causes"] = [_ordered(c, _CAUSE_ORDER) if isinstance(c, dict) else c for c in details["causes"]]
+        if details:
+            body["details"] = details
+        body["code"] = self.code
         return body
+
+
+#: metav1.StatusDetails and StatusCause fields in their Go order
+_DETAILS_ORDER = ("name", "group", "kind", "uid", "causes", "retryAfterSeconds")
+_CAUSE_ORDER = ("reason", "message", "field")
+
+
+def _ordered(fields: dict[str, Any], order: tuple[str, ...]) -> dict[str, Any]:
+    """``fields`` in ``order`` (others after), without the empty ones Go's omitempty drops."""
+    rank = {k: i for i, k in enumerate(order)}
+    return {k: v for k, v in sorted(fields.items(), key=lambda kv: rank.get(kv[0], len(order)))
+            if v not in ("", None, 0, [], {})}
 
 
 def _qualified(group: str, resource: str) -> str:

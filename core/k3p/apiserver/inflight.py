@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl
 import structlog
 
 from k3p.apiserver.auth import ANONYMOUS
-from k3p.apiserver.bodies import json_response
+from k3p.apiserver.bodies import status_response
 from k3p.apiserver.errors import APIError
 from k3p.apiserver.request_info import RequestInfoError, UserInfo, request_attributes
 from k3p.config import Config, ConfigError
@@ -108,7 +108,7 @@ class MaxInFlight:
                 return
             self._refusal(pool)
             error = APIError(429, MESSAGE, "TooManyRequests", {"retryAfterSeconds": RETRY_AFTER})
-            response = json_response(error.status(), 429, {"Retry-After": str(RETRY_AFTER)})
+            response = status_response(error)
             await response(scope, receive, send)
             return
         self.inflight[pool] += 1
