@@ -102,7 +102,10 @@ def test_wrong_types_are_rejected(http: httpx.Client) -> None:
 
 def test_oversized_body(http: httpx.Client) -> None:
     big = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big"}, "data": {"a": "x" * (3 << 20)}}
-    check(http.post(CM_URL, content=json.dumps(big).encode(), headers=JSON), 413, "RequestEntityTooLarge")
+    r = http.post(CM_URL, content=json.dumps(big).encode(), headers=JSON)
+    check(r, 413, "RequestEntityTooLarge")
+    # the unread body ends the connection; the client is told, so it does not reuse it
+    assert r.headers.get("connection") == "close"
 
 
 def test_json_patch_against_missing_path(http: httpx.Client) -> None:

@@ -515,8 +515,12 @@ class APIServer:
     async def _serve(self, request: Request) -> Response:
         response = await self.handle(request)
         if response.status_code != 413:
-            # a body refused as too large is not waited for, whatever limit refused it
             await bodies.drain(request)
+        else:
+            # A body refused as too large is not waited for, whatever limit refused it, and
+            # the connection ends with this answer: saying so keeps a keep-alive client from
+            # sending its next request into a closing connection (Go's server does the same).
+            response.headers["connection"] = "close"
         return response
 
     async def handle(self, request: Request) -> Response:
